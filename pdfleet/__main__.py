@@ -1,0 +1,3 @@
+from pdfleet.cli import app
+
+app(prog_name="pdfleet")

@@ -1,0 +1,223 @@
+"""The `pdfleet` command: start routers, nodes and local fleets; drive and watch a fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiohttp
+import typer
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_ROUTER = "http://127.0.0.1:8000"
+TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
+DEFAULT_CONFIG = Path(__file__).with_name("local.yaml")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class NodeRole(str, Enum):
+    prefill = "prefill"
+    decode = "decode"
+    mixed = "mixed"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class MemoryBackend(str, Enum):
+    auto = "auto"
+    torch_memory_saver = "torch_memory_saver"
+    cpu = "cpu"
+    none = "none"
+
+
+RouterOpt = Annotated[
+    str, typer.Option("--router", envvar="PDFLEET_ROUTER", help="Router base URL.")
+]
+
+
+def _load_config(path: Path) -> Any:
+    from router.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err_console.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def router(
+    config: Annotated[Path, typer.Option(help="Fleet config YAML.")] = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="Override router.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override router.port.")] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option(help="Allow a non-loopback bind without an admin token.")
+    ] = False,
+) -> None:
+    """Run the router alone."""
+    from router.app import serve
+
+    fleet = _load_config(config)
+    if host is not None:
+        fleet.router.host = host
+    if port is not None:
+        fleet.router.port = port
+    serve(fleet, os.environ.get(TOKEN_ENV) or None, insecure_no_auth)
+
+
+@app.command()
+def node(
+    role: Annotated[NodeRole, typer.Option()] = NodeRole.mixed,
+    port: Annotated[int, typer.Option()] = 30000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    device: Annotated[Device, typer.Option()] = Device.cpu,
+    memory_backend: Annotated[MemoryBackend, typer.Option()] = MemoryBackend.auto,
+    bootstrap_port: Annotated[int | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option(help="safetensors weights file.")] = None,
+    model_size: Annotated[str, typer.Option(help="tiny | small | a GPU size like 4g.")] = "tiny",
+    seed: Annotated[int, typer.Option()] = 0,
+    enable_fault_injection: Annotated[bool, typer.Option()] = False,
+    fault: Annotated[list[str] | None, typer.Option(help="Fault rule; repeatable.")] = None,
+) -> None:
+    """Run one node serving the reference model."""
+    from node.options import NodeOptions
+    from node.server import serve
+
+    serve(NodeOptions(
+        role=role.value, port=port, host=host, device=device.value,
+        memory_backend=memory_backend.value, bootstrap_port=bootstrap_port, model=model,
+        model_size=model_size, seed=seed, enable_fault_injection=enable_fault_injection,
+        faults=fault or [],
+    ))
+
+
+def _headers() -> dict[str, str]:
+    token = os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _request(method: str, url: str, payload: Any, wait_s: float) -> tuple[int, Any]:
+    timeout = aiohttp.ClientTimeout(total=wait_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.request(method, url, json=payload, headers=_headers()) as resp:
+            text = await resp.text(errors="replace")
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
+
+
+def _call_router(method: str, url: str, payload: Any = None, wait_s: float = 30) -> tuple[int, Any]:
+    try:
+        return asyncio.run(_request(method, url, payload, wait_s))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        err_console.print(f"[red]router unreachable:[/red] {url}: {type(exc).__name__}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fmt_bytes(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return "-"
+
+
+def _control(operation: str, tags: str | None, timeout: float | None, router_url: str) -> None:
+    payload: dict[str, Any] = {}
+    if tags:
+        payload["tags"] = [t.strip() for t in tags.split(",") if t.strip()]
+    url = f"{router_url.rstrip('/')}/{operation}"
+    if timeout is not None:
+        url += f"?timeout={timeout}"
+    status, body = _call_router("POST", url, payload, wait_s=(timeout or 120) + 15)
+    if status == 200:
+        rows = body["nodes"]
+        failures: list[dict[str, Any]] = []
+    elif status == 502 and isinstance(body, dict) and isinstance(body.get("detail"), dict):
+        detail = body["detail"]
+        failures = detail["failures"]
+        rows = detail["nodes"]
+    else:
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+        err_console.print(f"[red]router refused ({status}):[/red] {detail}")
+        raise typer.Exit(2)
+    table = Table(title=f"{operation}: {len(rows)} ok, {len(failures)} failed")
+    for column in ("node", "role", "result", "status / error", "elapsed", "freed / restored"):
+        table.add_column(column)
+    for row in rows:
+        result = row.get("result") or {}
+        moved = result.get("freed_bytes", result.get("restored_bytes")) if isinstance(
+            result, dict) else None
+        table.add_row(row["server"], row.get("role", ""), "[green]ok[/green]",
+                      str(row.get("status", "")), f"{row.get('elapsed_ms', 0):.0f} ms",
+                      _fmt_bytes(moved))
+    for row in failures:
+        why = row.get("error") or f"{row.get('status')}: {row.get('detail', '')}"
+        table.add_row(row["server"], row.get("role", ""), "[red]failed[/red]", why,
+                      f"{row.get('elapsed_ms', 0):.0f} ms", "-")
+    console.print(table)
+    raise typer.Exit(1 if failures else 0)
+
+
+TagsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated tags, e.g. weights,kv_cache (default all).")
+]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Whole fan-out deadline in seconds.")]
+
+
+@app.command()
+def sleep(tags: TagsOpt = None, timeout: TimeoutOpt = None,
+          router: RouterOpt = DEFAULT_ROUTER) -> None:
+    """Release memory on every node of the fleet."""
+    _control("release_memory_occupation", tags, timeout, router)
+
+
+@app.command()
+def wake(tags: TagsOpt = None, timeout: TimeoutOpt = None,
+         router: RouterOpt = DEFAULT_ROUTER) -> None:
+    """Resume memory on every node of the fleet."""
+    _control("resume_memory_occupation", tags, timeout, router)
+
+
+@app.command()
+def status(router: RouterOpt = DEFAULT_ROUTER,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show every node's state."""
+    code, body = _call_router("GET", f"{router.rstrip('/')}/cluster/status")
+    if code != 200 or not isinstance(body, dict):
+        err_console.print(f"[red]router refused ({code}):[/red] {body}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(body, indent=2))
+        return
+    summary = body["summary"]
+    table = Table(title=(f"{summary['total']} nodes: {summary['up']} up, {summary['down']} down, "
+                         f"{summary['sleeping']} sleeping"))
+    for column in ("node", "role", "health", "sleeping", "released", "memory used / total",
+                   "inflight", "last op", "last error"):
+        table.add_column(column)
+    for n in body["nodes"]:
+        memory = n["memory"] if isinstance(n["memory"], dict) else {}
+        released = n["released_tags"]
+        table.add_row(
+            n["server"], n["role"], n["health"], str(n["sleeping"]),
+            ",".join(released) if isinstance(released, list) else str(released),
+            f"{_fmt_bytes(memory.get('used_bytes'))} / {_fmt_bytes(memory.get('total_bytes'))}",
+            str(n["inflight"]), n["last_op"] or "-", (n["last_error"] or "-")[:80],
+        )
+    console.print(table)

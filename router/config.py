@@ -1,0 +1,112 @@
+"""Fleet configuration: the YAML file `pdfleet router` and `pdfleet up` read.
+
+Every model forbids unknown keys, so a typo is an error that names the key
+instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+
+
+class Role(str, Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+    MIXED = "mixed"
+
+
+class Policy(str, Enum):
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+    LEAST_OUTSTANDING = "least_outstanding"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouterSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    policy: Policy = Policy.ROUND_ROBIN
+    control_timeout_s: float = Field(120.0, gt=0)
+    error_detail_bytes: int = Field(500, ge=1, le=1 << 20)
+    poll_interval_s: float = Field(2.0, gt=0)
+    poll_timeout_s: float = Field(2.0, gt=0)
+    request_timeout_s: float = Field(3600.0, gt=0)
+    max_body_bytes: int = Field(64 << 20, ge=1024)
+
+
+class NodeSpec(_Strict):
+    url: str
+    role: Role
+    bootstrap_port: int | None = Field(None, ge=1, le=65535)
+    # `pdfleet node` options for nodes that `pdfleet up` starts on this machine.
+    launch: dict[str, Any] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parsed = HttpUrl(url)
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError("node url must be http(s)://host:port")
+        return url.rstrip("/")
+
+
+class FleetConfig(_Strict):
+    router: RouterSettings = RouterSettings()
+    nodes: list[NodeSpec] = []
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_urls(cls, nodes: list[NodeSpec]) -> list[NodeSpec]:
+        seen: set[str] = set()
+        for node in nodes:
+            if node.url in seen:
+                raise ValueError(f"node {node.url} is listed twice")
+            seen.add(node.url)
+        return nodes
+
+
+class ConfigError(Exception):
+    """A fleet config that cannot be used; the message names the file and the key."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}'")
+        else:
+            parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: Any, source: str = "config") -> FleetConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    return parse_config(data, str(path))

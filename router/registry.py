@@ -1,0 +1,172 @@
+"""The fleet registry: every node the router knows, and what it knows of each.
+
+This is where the fleet's state lives. Two sources write it: control operations (at once,
+from each node's reply) and the status poller (periodically). A poll that started before a
+control operation changed a node must not overwrite what the operation learned, so each
+node carries a version that control operations bump.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from router.config import NodeSpec, Role
+
+MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph", "weights_drafter")
+
+
+class Health(str, Enum):
+    UNKNOWN = "unknown"  # not polled yet: routable until shown down
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass
+class Node:
+    url: str
+    role: Role
+    bootstrap_port: int | None = None
+    health: Health = Health.UNKNOWN
+    released_tags: frozenset[str] = frozenset()
+    sleep_state_known: bool = False
+    memory: dict[str, Any] | None = None
+    node_inflight: int | None = None
+    outstanding: int = 0  # requests this router has in flight on the node
+    last_op: str | None = None
+    last_error: str | None = None
+    checked_at: float | None = None
+    latency_ms: float | None = None
+    version: int = 0
+
+    @property
+    def sleeping(self) -> bool:
+        return bool(self.released_tags)
+
+    @property
+    def routable(self) -> bool:
+        return self.health is not Health.DOWN and not self.sleeping
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+
+    def status_view(self) -> dict[str, Any]:
+        unknown = "unknown"
+        return {
+            "server": self.url,
+            "role": self.role.value,
+            "health": self.health.value,
+            "reachable": unknown if self.health is Health.UNKNOWN else self.health is Health.UP,
+            "sleeping": self.sleeping if self.sleep_state_known else unknown,
+            "released_tags": sorted(self.released_tags) if self.sleep_state_known else unknown,
+            "memory": self.memory if self.memory is not None else unknown,
+            "inflight": self.node_inflight if self.node_inflight is not None else unknown,
+            "outstanding": self.outstanding,
+            "last_op": self.last_op,
+            "last_error": self.last_error,
+            "checked_at": self.checked_at,
+            "latency_ms": self.latency_ms,
+            "bootstrap_port": self.bootstrap_port,
+        }
+
+
+def tags_after(op: str, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
+    """What a node has released after `op` with `tags`, when its reply does not say."""
+    if op == "release_memory_occupation":
+        return frozenset(MEMORY_TAGS) if tags is None else current | set(tags)
+    if op == "resume_memory_occupation":
+        return frozenset() if tags is None else current - set(tags)
+    return current
+
+
+class FleetRegistry:
+    def __init__(self, specs: list[NodeSpec] | None = None) -> None:
+        self._nodes: dict[str, Node] = {}
+        for spec in specs or []:
+            self.add(spec)
+
+    def add(self, spec: NodeSpec) -> Node:
+        if spec.url in self._nodes:
+            raise KeyError(spec.url)
+        node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port)
+        self._nodes[spec.url] = node
+        return node
+
+    def remove(self, url: str) -> Node:
+        return self._nodes.pop(url.rstrip("/"))
+
+    def get(self, url: str) -> Node | None:
+        return self._nodes.get(url.rstrip("/"))
+
+    def all(self) -> list[Node]:
+        return list(self._nodes.values())
+
+    def with_role(self, role: Role | None) -> list[Node]:
+        return [n for n in self._nodes.values() if role is None or n.role is role]
+
+    def record_control(
+        self,
+        node: Node,
+        op: str,
+        tags: list[str] | None,
+        *,
+        error: str | None,
+        reported_tags: list[str] | None = None,
+    ) -> None:
+        """Record a control operation's outcome on `node` at once."""
+        node.version += 1
+        node.last_op = op
+        node.last_error = error
+        if error is not None:
+            return
+        node.health = Health.UP
+        if reported_tags is not None:
+            node.released_tags = frozenset(reported_tags)
+            node.sleep_state_known = True
+        elif op != "flush_cache":
+            node.released_tags = tags_after(op, node.released_tags, tags)
+            node.sleep_state_known = True
+
+    def record_poll(
+        self,
+        node: Node,
+        version: int,
+        *,
+        reachable: bool,
+        latency_ms: float,
+        released_tags: list[str] | None,
+        memory: dict[str, Any] | None,
+        inflight: int | None,
+        error: str | None,
+    ) -> None:
+        """Record a status poll that began when the node was at `version`."""
+        node.checked_at = time.time()
+        node.latency_ms = round(latency_ms, 2)
+        node.health = Health.UP if reachable else Health.DOWN
+        if not reachable:
+            node.last_error = error
+            return
+        if memory is not None:
+            node.memory = memory
+        if inflight is not None:
+            node.node_inflight = inflight
+        if released_tags is not None and node.version == version:
+            node.released_tags = frozenset(released_tags)
+            node.sleep_state_known = True
+
+    def mark_down(self, node: Node, error: str) -> None:
+        node.health = Health.DOWN
+        node.last_error = error
+
+    def summary(self) -> dict[str, int]:
+        nodes = self.all()
+        return {
+            "total": len(nodes),
+            "up": sum(n.health is Health.UP for n in nodes),
+            "down": sum(n.health is Health.DOWN for n in nodes),
+            "sleeping": sum(n.sleeping for n in nodes),
+            "routable": sum(n.routable for n in nodes),
+        }

@@ -1,0 +1,77 @@
+"""Fleet state: health, per-node status and the worker registry (SPEC 3.3)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.config import NodeSpec, Role, describe_validation_error
+from router.state import RouterState, router_state
+
+router = APIRouter()
+
+
+class WorkerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    role: Role
+    bootstrap_port: int | None = Field(None, ge=1, le=65535)
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/cluster/status")
+async def cluster_status(state: RouterState = Depends(router_state)) -> dict:
+    running = state.control.running
+    return {
+        "summary": state.registry.summary(),
+        "control_operation": None if running is None else {
+            "operation": running[0], "request_id": running[1]},
+        "generated_at": time.time(),
+        "nodes": [n.status_view() for n in state.registry.all()],
+    }
+
+
+@router.get("/workers")
+async def list_workers(state: RouterState = Depends(router_state)) -> dict:
+    return {"workers": [
+        {"url": n.url, "role": n.role.value, "bootstrap_port": n.bootstrap_port}
+        for n in state.registry.all()
+    ]}
+
+
+@router.post("/workers", status_code=201)
+async def add_worker(request: Request, state: RouterState = Depends(router_state)) -> dict:
+    state.admin(request)
+    try:
+        payload = json.loads(await request.body())
+    except ValueError as exc:
+        raise HTTPException(400, detail=f"request body is not valid JSON: {exc}") from None
+    try:
+        worker = WorkerIn.model_validate(payload)
+        spec = NodeSpec(url=worker.url, role=worker.role, bootstrap_port=worker.bootstrap_port)
+    except ValidationError as exc:
+        raise HTTPException(422, detail=describe_validation_error(exc)) from None
+    try:
+        node = state.registry.add(spec)
+    except KeyError:
+        raise HTTPException(409, detail=f"worker {spec.url} is already registered") from None
+    return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port}
+
+
+@router.delete("/workers")
+async def remove_worker(
+    request: Request, url: str, state: RouterState = Depends(router_state)
+) -> dict:
+    state.admin(request)
+    try:
+        node = state.registry.remove(url)
+    except KeyError:
+        raise HTTPException(404, detail=f"worker {url} is not registered") from None
+    return {"removed": node.url}

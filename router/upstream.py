@@ -1,0 +1,134 @@
+"""The one way the router calls a node and reads its reply: with a deadline, reading at most
+a bounded number of bytes, so a hung, huge or binary reply can neither stall nor bloat us.
+
+Failures come in two kinds, as in httpx: a `NodeReply` with a non-2xx status is an HTTP
+failure (the node answered); a `TransportError` means no complete answer came (refused,
+reset, timeout, DNS). Only `ConnectionRefused` proves the request never reached the node,
+so it is the only one retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+RETRY_ATTEMPTS = 3
+
+
+class TransportError(Exception):
+    """No complete reply came from the node."""
+
+
+class ConnectionRefused(TransportError):
+    """The node refused the connection: the request cannot have reached it."""
+
+
+class NodeTimeout(TransportError):
+    """The deadline passed before the node's reply was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReply:
+    status: int
+    body: bytes
+    truncated: bool
+    content_type: str
+    elapsed_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+def new_session() -> aiohttp.ClientSession:
+    # limit=0: a fan-out to hundreds of nodes must not queue behind a connection cap.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    remaining = limit + 1  # one byte more tells us whether the body was cut
+    while remaining > 0:
+        chunk = await resp.content.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    body = b"".join(chunks)
+    truncated = len(body) > limit
+    if truncated:
+        resp.close()  # drop the connection instead of draining the rest of the body
+    return body[:limit], truncated
+
+
+async def _call_once(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str] | None,
+    max_body: int,
+    max_error_body: int,
+    started: float,
+) -> NodeReply:
+    try:
+        async with session.request(method, url, data=body, headers=headers) as resp:
+            limit = max_body if 200 <= resp.status < 300 else max_error_body
+            data, truncated = await _read_capped(resp, limit)
+            return NodeReply(
+                status=resp.status,
+                body=data,
+                truncated=truncated,
+                content_type=resp.headers.get("Content-Type", ""),
+                elapsed_ms=(time.perf_counter() - started) * 1000,
+            )
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            raise ConnectionRefused(describe(exc.os_error)) from exc
+        raise TransportError(describe(exc)) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TransportError(describe(exc)) from exc
+
+
+async def call_node(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    deadline: float,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    max_body: int = 64 << 10,
+    max_error_body: int = 500,
+) -> NodeReply:
+    """Call `url` and read at most `max_body` bytes of a 2xx reply (`max_error_body` of any
+    other), all before `deadline` (event-loop time). Refused connections are retried with a
+    short backoff, never past the deadline."""
+    started = time.perf_counter()
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(RETRY_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.25, max=0.5),
+        retry=retry_if_exception_type(ConnectionRefused),
+        reraise=True,
+    )
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await retrying(
+                _call_once, session, method, url, body, headers, max_body, max_error_body, started
+            )
+    except TimeoutError:
+        waited = time.perf_counter() - started
+        raise NodeTimeout(f"TimeoutError: no reply within {waited:.1f} s") from None

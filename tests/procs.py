@@ -1,0 +1,111 @@
+"""Starting and stopping the real processes tests run against: routers, nodes, stub nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A port nothing listens on: connections to it are refused."""
+    return free_port()
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 stdout: int | None = subprocess.DEVNULL) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=stdout,
+            stderr=None, start_new_session=True,
+        )
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+
+def wait_http_ok(url: str, proc: Process, timeout: float = 30) -> None:
+    """Poll `url` until it answers 200, the process exits, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.05)  # polling interval for readiness, not synchronization
+    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+
+
+class StubNodes:
+    """A stub-node process serving one port per behaviour."""
+
+    def __init__(self, behaviors: list[dict[str, Any]], timeout: float = 30) -> None:
+        self.process = Process(
+            [sys.executable, "scripts/stub_nodes.py", "--spec", json.dumps(behaviors)],
+            stdout=subprocess.PIPE,
+        )
+        out = self.process.proc.stdout
+        assert out is not None
+        ready, _, _ = select.select([out], [], [], timeout)
+        line = out.readline().decode() if ready else ""
+        if not line.startswith("READY "):
+            self.process.stop()
+            raise RuntimeError(f"stub nodes did not start: {line!r}")
+        self.ports: list[int] = json.loads(line[6:])["ports"]
+        self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class Router:
+    """A real `pdfleet router` process on a free port."""
+
+    def __init__(self, tmp: Path, nodes: list[dict[str, Any]], env: dict[str, str] | None = None,
+                 **settings: Any) -> None:
+        self.port = free_port()
+        config = {"router": {"port": self.port, "poll_interval_s": 0.5, **settings},
+                  "nodes": nodes}
+        self.config_path = tmp / f"router-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = Process(
+            [sys.executable, "-m", "pdfleet", "router", "--config", str(self.config_path)],
+            env=env,
+        )
+        wait_http_ok(f"{self.url}/health", self.process)
+
+    def stop(self) -> int:
+        return self.process.stop()
