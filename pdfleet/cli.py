@@ -20,7 +20,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("local.yaml")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 class NodeRole(str, Enum):
