@@ -1,0 +1,1 @@
+"""The node's HTTP layer: thin routes that parse, call the runtime and shape replies."""

@@ -1,0 +1,80 @@
+"""Memory control routes: SGLang's release/resume/flush and vLLM's sleep/wake_up aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from node.api.body import read_body, require_admin
+from node.errors import BadRequest
+from node.memory.messages import (
+    FlushReport,
+    ReleaseReport,
+    ReleaseRequest,
+    ResumeReport,
+    ResumeRequest,
+    SleepStatus,
+)
+from node.memory.tags import parse_tags
+from node.runtime import NodeRuntime
+
+router = APIRouter()
+
+
+def _admin_runtime(request: Request) -> NodeRuntime:
+    runtime: NodeRuntime = request.app.state.runtime
+    require_admin(request, runtime.options.admin_token)
+    return runtime
+
+
+@router.post("/release_memory_occupation")
+async def release_memory_occupation(request: Request) -> ReleaseReport:
+    runtime = _admin_runtime(request)
+    body = await read_body(
+        request, ReleaseRequest, max_bytes=runtime.options.max_body_bytes, allow_empty=True
+    )
+    return await runtime.controller.release(body)
+
+
+@router.post("/resume_memory_occupation")
+async def resume_memory_occupation(request: Request) -> ResumeReport:
+    runtime = _admin_runtime(request)
+    body = await read_body(
+        request, ResumeRequest, max_bytes=runtime.options.max_body_bytes, allow_empty=True
+    )
+    return await runtime.controller.resume(body)
+
+
+@router.post("/sleep")
+async def sleep(request: Request, level: Annotated[int, Query(ge=1, le=2)] = 1) -> ReleaseReport:
+    """vLLM's sleep: both levels release every tag (weights are always backed up here)."""
+    runtime = _admin_runtime(request)
+    return await runtime.controller.release(ReleaseRequest())
+
+
+@router.post("/wake_up")
+async def wake_up(
+    request: Request, tags: Annotated[list[str] | None, Query()] = None
+) -> ResumeReport:
+    """vLLM's wake_up: `?tags=weights&tags=kv_cache` or `?tags=weights,kv_cache`; none = all."""
+    runtime = _admin_runtime(request)
+    names = [name for value in tags or [] for name in value.split(",") if name]
+    try:
+        parsed = parse_tags(names) if tags else None
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+    return await runtime.controller.resume(ResumeRequest(tags=parsed))
+
+
+@router.post("/flush_cache")
+async def flush_cache(request: Request) -> FlushReport:
+    runtime = _admin_runtime(request)
+    return await runtime.controller.flush_cache()
+
+
+@router.get("/is_sleeping")
+async def is_sleeping(request: Request) -> SleepStatus:
+    runtime: NodeRuntime = request.app.state.runtime
+    released = runtime.controller.released_tags
+    return SleepStatus(is_sleeping=bool(released), released_tags=released)

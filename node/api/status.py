@@ -1,0 +1,123 @@
+"""Liveness, a real generation probe, and everything an operator's dashboard shows."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from node.engine.sampler import SamplingParams
+from node.engine.tokenizer import encode
+from node.generation import Bootstrap, GenerationRequest
+from node.runtime import NodeRuntime
+
+router = APIRouter()
+
+
+class RegionInfo(BaseModel):
+    bytes: int
+    state: str
+
+
+class MemoryInfo(BaseModel):
+    used_bytes: int
+    free_bytes: int
+    total_bytes: int
+    measured_as: str
+    regions: dict[str, RegionInfo]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    layers: int
+    width: int
+    heads: int
+    vocab: int
+    dtype: str
+    weight_bytes: int
+    kv_slots: int
+    kv_slot_tokens: int
+    kv_bytes: int
+
+
+class ServerInfo(BaseModel):
+    role: str
+    backend: str
+    memory_saver_enabled: bool
+    device: str
+    state: str
+    is_sleeping: bool
+    released_tags: list[str]
+    admission: str
+    inflight: int
+    held_kv_handoffs: int
+    bootstrap_port: int | None
+    model: ModelInfo
+    memory: MemoryInfo
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    runtime: NodeRuntime = request.app.state.runtime
+    return {"status": "ok", "is_sleeping": bool(runtime.controller.released_tags)}
+
+
+@router.get("/health_generate")
+async def health_generate(request: Request) -> dict[str, Any]:
+    """Runs one real token through the local model; 503 while sleeping or draining."""
+    runtime: NodeRuntime = request.app.state.runtime
+    probe = GenerationRequest(
+        rid=f"health-{uuid.uuid4().hex[:8]}",
+        input_ids=encode("health"),
+        sampling=SamplingParams(max_new_tokens=1, temperature=0.0),
+        bootstrap=Bootstrap(host=None, port=None, room=None),
+    )
+    final = await runtime.local_service.complete(probe)
+    return {"status": "ok", "output_ids": final.output_ids}
+
+
+@router.get("/get_server_info")
+async def get_server_info(request: Request) -> ServerInfo:
+    runtime: NodeRuntime = request.app.state.runtime
+    options = runtime.options
+    stats = runtime.controller.backend.stats()
+    shape = options.model_shape
+    regions = {
+        tag.value: RegionInfo(bytes=r.bytes, state=r.state.value)
+        for tag, r in stats.regions.items()
+    }
+    released = [t.value for t in runtime.controller.released_tags]
+    return ServerInfo(
+        role=options.role,
+        backend=stats.backend,
+        memory_saver_enabled=stats.enabled,
+        device=options.device,
+        state=runtime.controller.state.value,
+        is_sleeping=bool(released),
+        released_tags=released,
+        admission=runtime.admission.closed_reason or "open",
+        inflight=len(runtime.admission.inflight),
+        held_kv_handoffs=runtime.handoffs.held_rooms if runtime.handoffs else 0,
+        bootstrap_port=options.bootstrap_port if options.role == "prefill" else None,
+        model=ModelInfo(
+            name=options.model_name,
+            layers=shape.layers,
+            width=shape.width,
+            heads=shape.heads,
+            vocab=runtime.engine.model.config.vocab,
+            dtype=options.torch_dtype_name,
+            weight_bytes=regions["weights"].bytes,
+            kv_slots=options.kv_slots,
+            kv_slot_tokens=options.slot_tokens,
+            kv_bytes=regions["kv_cache"].bytes,
+        ),
+        memory=MemoryInfo(
+            used_bytes=stats.reading.used_bytes,
+            free_bytes=stats.reading.free_bytes,
+            total_bytes=stats.reading.total_bytes,
+            measured_as="device memory in use" if options.device == "cuda" else "process RSS",
+            regions=regions,
+        ),
+    )

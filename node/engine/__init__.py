@@ -1,0 +1,1 @@
+"""The reference engine: model, tokenizer, KV pool, sampler and the generation loop."""

@@ -1,0 +1,80 @@
+"""The node's error hierarchy: each class is one HTTP status with a message for the client.
+
+Routes raise these; one exception handler in `node.server` turns them into
+`{"success": false, "message": ..., **detail}` with the right status and headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NodeError(Exception):
+    status = 500
+
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, **detail: Any
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequest(NodeError):
+    status = 400
+
+
+class Unauthorized(NodeError):
+    status = 401
+
+
+class OperationConflict(NodeError):
+    """Another memory operation is running, or a drain did not finish in time."""
+
+    status = 409
+
+
+class HandoffGone(NodeError):
+    """The KV a decode node asked for was dropped (TTL, abort or flush) and never comes back."""
+
+    status = 410
+
+
+class PayloadTooLarge(NodeError):
+    status = 413
+
+
+class HandoffFailed(NodeError):
+    """The prefill node answered the KV pull with an error or a payload that does not fit."""
+
+    status = 502
+
+
+class ServiceUnavailable(NodeError):
+    status = 503
+
+
+class NotAdmitted(ServiceUnavailable):
+    """Generation is closed (sleeping or draining); the client should come back later."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(self.RETRY_AFTER_S)}, **detail)
+
+
+class BackendDisabled(ServiceUnavailable):
+    pass
+
+
+class RequestAborted(ServiceUnavailable):
+    """An admitted request was ended by a release with drain=abort."""
+
+
+class HandoffTimeout(NodeError):
+    status = 504
+
+
+class InsufficientMemory(NodeError):
+    status = 507

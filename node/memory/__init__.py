@@ -1,0 +1,1 @@
+"""Memory release and resume: the controller (state machine) and its backends."""

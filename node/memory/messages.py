@@ -1,0 +1,63 @@
+"""Bodies of the memory routes, defined once: what clients send and what the node answers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from node.memory.tags import MemoryTag, parse_tags
+
+
+class _TagsRequest(BaseModel):
+    # Routers forward SGLang bodies verbatim; fields this node does not use are ignored.
+    model_config = ConfigDict(extra="ignore")
+
+    tags: list[MemoryTag] | None = None
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _valid_tags(cls, value: Any) -> list[MemoryTag] | None:
+        return parse_tags(value)
+
+
+class ReleaseRequest(_TagsRequest):
+    drain: Literal["wait", "abort"] = "wait"
+    drain_timeout_s: float | None = Field(default=None, ge=0)
+
+
+class ResumeRequest(_TagsRequest):
+    pass
+
+
+class ReleaseReport(BaseModel):
+    success: bool = True
+    released: list[MemoryTag]
+    already_released: list[MemoryTag]
+    # Accepted tags that hold no memory on this node (e.g. cuda_graph): nothing to do.
+    noop_tags: list[MemoryTag]
+    released_tags: list[MemoryTag]
+    freed_bytes: int
+    drained_requests: int
+    elapsed_ms: float
+
+
+class ResumeReport(BaseModel):
+    success: bool = True
+    resumed: list[MemoryTag]
+    already_resumed: list[MemoryTag]
+    noop_tags: list[MemoryTag]
+    released_tags: list[MemoryTag]
+    restored_bytes: int
+    elapsed_ms: float
+
+
+class FlushReport(BaseModel):
+    success: bool = True
+    message: str
+    elapsed_ms: float
+
+
+class SleepStatus(BaseModel):
+    is_sleeping: bool
+    released_tags: list[MemoryTag]

@@ -1,0 +1,97 @@
+"""The decode node's side of the hand-off: pull a room's KV from the prefill node.
+
+The router sends the same request to both nodes at once, so the KV may not exist yet when the
+pull starts: the puller long-polls until the KV arrives, the prefill node says it is gone,
+`timeout_s` passes, or the request is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+
+from node.admission import InflightWork
+from node.errors import HandoffFailed, HandoffTimeout, RequestAborted
+from node.pd.payload import CONTENT_TYPE, KVHandoff, decode
+
+_LONG_POLL_S = 10.0
+# The prefill node may not be listening yet (it is started alongside); retry that quickly.
+_CONNECT_RETRY_S = 0.1
+_ERROR_BODY_BYTES = 500
+
+
+@dataclass(frozen=True)
+class BootstrapTarget:
+    host: str
+    port: int
+    room: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/kv/{self.room}"
+
+
+class KVPuller:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def pull(self, target: BootstrapTarget, work: InflightWork) -> KVHandoff:
+        poll = asyncio.ensure_future(asyncio.wait_for(self._poll(target), self.timeout_s))
+        aborted = asyncio.ensure_future(work.wait_aborted())
+        try:
+            await asyncio.wait({poll, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+            if not poll.done():
+                poll.cancel()
+        if not poll.done():
+            raise RequestAborted(f"request aborted while waiting for its KV: {work.abort_reason}")
+        try:
+            return poll.result()
+        except TimeoutError:
+            raise HandoffTimeout(
+                f"no KV for bootstrap_room {target.room} from {target.host}:{target.port} "
+                f"within {self.timeout_s:g}s",
+                bootstrap_room=target.room,
+            ) from None
+
+    async def _poll(self, target: BootstrapTarget) -> KVHandoff:
+        session = self._get_session()
+        while True:
+            try:
+                async with session.get(target.url, params={"wait_s": str(_LONG_POLL_S)}) as reply:
+                    if reply.status == 404:
+                        continue
+                    if reply.status != 200 or reply.content_type != CONTENT_TYPE:
+                        detail = (await reply.content.read(_ERROR_BODY_BYTES)).decode(
+                            errors="replace"
+                        )
+                        raise HandoffFailed(
+                            f"prefill node {target.host}:{target.port} answered the KV pull for "
+                            f"room {target.room} with HTTP {reply.status}: {detail}",
+                            bootstrap_room=target.room,
+                        )
+                    payload = await reply.read()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(_CONNECT_RETRY_S)
+                continue
+            try:
+                return decode(payload)
+            except (ValueError, KeyError) as error:
+                raise HandoffFailed(
+                    f"malformed KV payload for room {target.room}: {error}"
+                ) from None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=_LONG_POLL_S + 10)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,98 @@
+"""The node's composition root: builds model, KV pool, memory backend, controller and PD parts.
+
+Loading order matters: both memory regions are allocated through the backend, so that every
+byte the backend can release was allocated inside its region.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from node.admission import Admission
+from node.engine.engine import Engine
+from node.engine.kv_pool import KVPool
+from node.engine.model import ModelConfig, Transformer, TransformerWeights
+from node.engine.tokenizer import VOCAB_SIZE
+from node.generation import GenerationService
+from node.memory.backends import make_backend
+from node.memory.controller import MemoryController
+from node.memory.tags import MemoryTag
+from node.options import NodeOptions
+from node.pd.puller import KVPuller
+from node.pd.store import HandoffStore
+
+log = logging.getLogger("node")
+
+
+class NodeRuntime:
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        self.started_at = int(time.time())
+        if options.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        self.backend = make_backend(options)
+        shape = options.model_shape
+        config = ModelConfig(
+            shape=shape,
+            vocab=VOCAB_SIZE,
+            dtype=getattr(torch, options.torch_dtype_name),
+            device=torch.device(options.device),
+        )
+        weights = TransformerWeights(
+            config, self.backend.allocate(MemoryTag.WEIGHTS, config.numel(), config.dtype)
+        )
+        if options.model:
+            weights.load_safetensors(options.model)
+        else:
+            weights.init_seeded(options.seed)
+        kv_numel = KVPool.numel(
+            shape.layers, options.kv_slots, options.slot_tokens, shape.heads, shape.head_dim
+        )
+        kv_flat = self.backend.allocate(MemoryTag.KV_CACHE, kv_numel, config.dtype)
+        kv_flat.zero_()
+        self.pool = KVPool(
+            kv_flat,
+            shape.layers,
+            options.kv_slots,
+            options.slot_tokens,
+            shape.heads,
+            shape.head_dim,
+        )
+        self.engine = Engine(Transformer(weights), self.pool)
+        self.admission = Admission()
+        self.handoffs = (
+            HandoffStore(self.engine, self.admission, options.kv_ttl_s)
+            if options.role == "prefill"
+            else None
+        )
+        self.puller = KVPuller(options.kv_handoff_timeout_s) if options.role == "decode" else None
+        self.service = GenerationService(
+            options.role, self.engine, self.admission, self.handoffs, self.puller
+        )
+        # health_generate probes the local model whatever the role.
+        self.local_service = GenerationService("mixed", self.engine, self.admission)
+        self.controller = MemoryController(
+            self.backend, self.engine, self.admission, options.drain_timeout_s, self._clear_kv_state
+        )
+        log.info(
+            "node ready: role=%s device=%s backend=%s model=%s weights=%d bytes kv=%d bytes",
+            options.role,
+            options.device,
+            self.backend.name,
+            shape,
+            self.backend.region_bytes(MemoryTag.WEIGHTS),
+            self.backend.region_bytes(MemoryTag.KV_CACHE),
+        )
+
+    def _clear_kv_state(self) -> None:
+        """The KV pool was zeroed or flushed: forget everything that pointed into it."""
+        if self.handoffs is not None:
+            self.handoffs.drop_all("the KV cache was cleared")
+        self.pool.clear()
+
+    async def aclose(self) -> None:
+        if self.puller is not None:
+            await self.puller.close()
