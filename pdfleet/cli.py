@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,18 +23,18 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
-class NodeRole(str, Enum):
+class NodeRole(StrEnum):
     prefill = "prefill"
     decode = "decode"
     mixed = "mixed"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     cpu = "cpu"
     cuda = "cuda"
 
 
-class MemoryBackend(str, Enum):
+class MemoryBackend(StrEnum):
     auto = "auto"
     torch_memory_saver = "torch_memory_saver"
     cpu = "cpu"
@@ -91,8 +91,9 @@ def node(
     fault: Annotated[list[str] | None, typer.Option(help="Fault rule; repeatable.")] = None,
 ) -> None:
     """Run one node serving the reference model."""
-    from node.options import NodeOptions
     from node.server import serve
+
+    from node.options import NodeOptions
 
     serve(NodeOptions(
         role=role.value, port=port, host=host, device=device.value,

@@ -6,7 +6,7 @@ instead of a setting silently ignored.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     PREFILL = "prefill"
     DECODE = "decode"
     MIXED = "mixed"
 
 
-class Policy(str, Enum):
+class Policy(StrEnum):
     ROUND_ROBIN = "round_robin"
     RANDOM = "random"
     LEAST_OUTSTANDING = "least_outstanding"

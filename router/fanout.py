@@ -159,7 +159,8 @@ class ControlPlane:
             elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
             results=results,
         )
-        if request.rollback and report.failures and request.operation == "release_memory_occupation":
+        rollback = request.rollback and request.operation == "release_memory_occupation"
+        if rollback and report.failures:
             released = [n for n, r in zip(nodes, results, strict=True) if r.ok]
             body = json.dumps({"tags": request.tags}).encode()
             report.rollback = await self._fan_out(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from router.config import NodeSpec, Role
@@ -18,7 +18,7 @@ from router.config import NodeSpec, Role
 MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph", "weights_drafter")
 
 
-class Health(str, Enum):
+class Health(StrEnum):
     UNKNOWN = "unknown"  # not polled yet: routable until shown down
     UP = "up"
     DOWN = "down"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import aiohttp
-from fastapi import Request
+from fastapi import Depends, Request
 
 from router.config import RouterSettings
 from router.fanout import ControlPlane
@@ -26,3 +27,6 @@ class RouterState:
 
 def router_state(request: Request) -> RouterState:
     return request.app.state.router
+
+
+State = Annotated[RouterState, Depends(router_state)]

@@ -61,8 +61,8 @@ class StubNode:
             return self.status_reply(path)
         body = await request.read()
         self.received.append({
-            "path": path, "query": request.query_string, "headers": {k.lower(): v for k, v in request.headers.items()},
-            "body": body.decode("latin-1"), "at": time.time(),
+            "path": path, "query": request.query_string, "body": body.decode("latin-1"),
+            "headers": {k.lower(): v for k, v in request.headers.items()}, "at": time.time(),
         })
         rule = self.rule(path)
         if rule.get("delay"):
@@ -75,8 +75,8 @@ class StubNode:
             return await self.reset(request, status)
         if 200 <= status < 300:
             self.track_sleep(path, body)
-        return await self.reply(request, status, rule.get("body", "echo"), int(rule.get("size", 0)),
-                                body)
+        kind, size = rule.get("body", "echo"), int(rule.get("size", 0))
+        return await self.reply(request, status, kind, size, body)
 
     def status_reply(self, path: str) -> web.Response:
         if not self.behavior.get("status_routes", True):
@@ -94,12 +94,13 @@ class StubNode:
         if kind == "empty" or status == 204:
             return web.Response(status=status)
         if kind == "text":
-            return web.Response(status=status, text=("node error " * (size // 11 + 1))[:size or 40])
+            text = ("node error " * (size // 11 + 1))[: size or 40]
+            return web.Response(status=status, text=text)
         if kind == "json":
             return web.json_response({"error": "node failed", "code": status}, status=status)
         if kind == "binary":
-            return web.Response(status=status, body=(CHUNK * (size // len(CHUNK) + 1))[:size or 4096],
-                                content_type="application/octet-stream")
+            data = (CHUNK * (size // len(CHUNK) + 1))[: size or 4096]
+            return web.Response(status=status, body=data, content_type="application/octet-stream")
         if kind == "huge":  # streamed, never held whole, so the stub can send gigabytes
             resp = web.StreamResponse(status=status, headers={"Content-Length": str(size)})
             await resp.prepare(request)

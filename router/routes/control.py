@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from router.config import Role
 from router.fanout import ControlRequest, OperationInProgress
-from router.state import RouterState, router_state
+from router.state import State
 
 router = APIRouter()
 
@@ -69,7 +69,7 @@ def _parse_rollback(raw: str | None, operation: str) -> bool:
     return True
 
 
-async def control(request: Request, state: RouterState = Depends(router_state)) -> JSONResponse:
+async def control(request: Request, state: State) -> JSONResponse:
     state.admin(request)
     operation = ALIASES[request.url.path.rsplit("/", 1)[-1]]
     body = await request.body()

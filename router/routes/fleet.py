@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.config import NodeSpec, Role, describe_validation_error
-from router.state import RouterState, router_state
+from router.state import State
 
 router = APIRouter()
 
@@ -27,7 +27,7 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/cluster/status")
-async def cluster_status(state: RouterState = Depends(router_state)) -> dict:
+async def cluster_status(state: State) -> dict:
     running = state.control.running
     return {
         "summary": state.registry.summary(),
@@ -39,7 +39,7 @@ async def cluster_status(state: RouterState = Depends(router_state)) -> dict:
 
 
 @router.get("/workers")
-async def list_workers(state: RouterState = Depends(router_state)) -> dict:
+async def list_workers(state: State) -> dict:
     return {"workers": [
         {"url": n.url, "role": n.role.value, "bootstrap_port": n.bootstrap_port}
         for n in state.registry.all()
@@ -47,7 +47,7 @@ async def list_workers(state: RouterState = Depends(router_state)) -> dict:
 
 
 @router.post("/workers", status_code=201)
-async def add_worker(request: Request, state: RouterState = Depends(router_state)) -> dict:
+async def add_worker(request: Request, state: State) -> dict:
     state.admin(request)
     try:
         payload = json.loads(await request.body())
@@ -67,7 +67,7 @@ async def add_worker(request: Request, state: RouterState = Depends(router_state
 
 @router.delete("/workers")
 async def remove_worker(
-    request: Request, url: str, state: RouterState = Depends(router_state)
+    request: Request, url: str, state: State
 ) -> dict:
     state.admin(request)
     try:

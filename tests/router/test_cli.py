@@ -23,7 +23,8 @@ def pdfleet(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def test_sleep_and_wake_exit_0_when_every_node_succeeds(stub_nodes, router):
     stubs = stub_nodes([{}, {}])
-    r = router([{"url": stubs.urls[0], "role": "prefill"}, {"url": stubs.urls[1], "role": "decode"}])
+    r = router([{"url": stubs.urls[0], "role": "prefill"},
+                {"url": stubs.urls[1], "role": "decode"}])
     done = pdfleet("sleep", "--tags", "weights,kv_cache", "--router", r.url)
     assert done.returncode == 0, done.stderr
     for url in stubs.urls:
@@ -35,7 +36,8 @@ def test_sleep_and_wake_exit_0_when_every_node_succeeds(stub_nodes, router):
 
 def test_sleep_exits_1_and_names_the_failed_node(stub_nodes, router):
     stubs = stub_nodes([{}, {"status": 500, "body": "text"}])
-    r = router([{"url": stubs.urls[0], "role": "prefill"}, {"url": stubs.urls[1], "role": "decode"}])
+    r = router([{"url": stubs.urls[0], "role": "prefill"},
+                {"url": stubs.urls[1], "role": "decode"}])
     done = pdfleet("sleep", "--router", r.url)
     assert done.returncode == 1
     assert "1 ok, 1 failed" in done.stdout and "500: node error" in done.stdout

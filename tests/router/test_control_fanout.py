@@ -110,8 +110,7 @@ async def test_binary_error_body_is_decoded_with_replacement_and_capped(stub_nod
 
 
 async def test_5kb_error_body_is_capped_at_error_detail_bytes(stub_nodes, router, http):
-    stubs = stub_nodes([{"status": 500, "body": "text", "size": 5000}, {"status": 500,
-                                                                       "body": "text", "size": 5000}])
+    stubs = stub_nodes([{"status": 500, "body": "text", "size": 5000}] * 2)
     r = router(nodes_of(stubs.urls[:1]))
     _, body, _ = await post(http, r.url + RELEASE)
     assert len(body["detail"]["failures"][0]["detail"]) == 500
@@ -149,7 +148,7 @@ async def test_refused_connection_is_a_transport_failure_without_status(stub_nod
 async def test_refused_connection_is_retried_three_times_then_fails(stub_nodes, router, http):
     dead = f"http://127.0.0.1:{closed_port()}"
     r = router(nodes_of([dead]))
-    status, body, elapsed = await post(http, r.url + RELEASE)
+    status, body, _ = await post(http, r.url + RELEASE)
     assert status == 502
     # backoff 0.25 s then 0.5 s between the three attempts
     assert 0.6 < body["detail"]["failures"][0]["elapsed_ms"] / 1000 < 2.5

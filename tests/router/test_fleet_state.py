@@ -55,8 +55,8 @@ async def test_status_shows_unknown_for_nodes_without_status_routes(stub_nodes, 
 
 async def test_control_results_are_recorded_at_once(stub_nodes, router, http):
     stubs = stub_nodes([{"status_routes": False}, {"status": 500, "body": "text"}])
-    r = router([{"url": stubs.urls[0], "role": "prefill"}, {"url": stubs.urls[1], "role": "decode"}],
-               poll_interval_s=3600)
+    nodes = [{"url": stubs.urls[0], "role": "prefill"}, {"url": stubs.urls[1], "role": "decode"}]
+    r = router(nodes, poll_interval_s=3600)
     async with http.post(f"{r.url}/release_memory_occupation", json={"tags": ["kv_cache"]}) as resp:
         assert resp.status == 502
     nodes = await status_of(http, r.url)
@@ -127,7 +127,7 @@ def run_router_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.
 
 def test_non_loopback_bind_without_token_is_refused(tmp_path):
     config = tmp_path / "fleet.yaml"
-    config.write_text("router: {port: %d}\nnodes: []\n" % closed_port())
+    config.write_text(f"router: {{port: {closed_port()}}}\nnodes: []\n")
     env = {k: v for k, v in os.environ.items() if k != "PDFLEET_ADMIN_TOKEN"}
     done = run_router_cli("--config", str(config), "--host", "0.0.0.0", env=env)
     assert done.returncode != 0
