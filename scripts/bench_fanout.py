@@ -26,7 +26,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.procs import Router, StubNodes  # noqa: E402
+from tests.procs import Router, StubNodes
 
 
 def pin(pid: int, cpu: int) -> None:
