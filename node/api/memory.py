@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from node.api.body import read_body, require_admin
-from node.errors import BadRequest
 from node.memory.messages import (
     FlushReport,
     ReleaseReport,
@@ -16,7 +15,6 @@ from node.memory.messages import (
     ResumeRequest,
     SleepStatus,
 )
-from node.memory.tags import parse_tags
 from node.runtime import NodeRuntime
 
 router = APIRouter()
@@ -60,11 +58,8 @@ async def wake_up(
     """vLLM's wake_up: `?tags=weights&tags=kv_cache` or `?tags=weights,kv_cache`; none = all."""
     runtime = _admin_runtime(request)
     names = [name for value in tags or [] for name in value.split(",") if name]
-    try:
-        parsed = parse_tags(names) if tags else None
-    except ValueError as error:
-        raise BadRequest(str(error)) from None
-    return await runtime.controller.resume(ResumeRequest(tags=parsed))
+    body = ResumeRequest.model_validate({"tags": names if tags else None})
+    return await runtime.controller.resume(body)
 
 
 @router.post("/flush_cache")
