@@ -12,9 +12,10 @@ from fastapi.responses import JSONResponse
 
 from router.config import FleetConfig
 from router.fanout import ControlPlane
+from router.pd.proxy import GenerationProxy
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
-from router.routes import control, fleet
+from router.routes import control, fleet, generate
 from router.security import AdminGuard, BodyLimitMiddleware, check_bind
 from router.state import RouterState
 from router.upstream import new_session
@@ -33,6 +34,7 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
             registry=registry,
             session=session,
             control=ControlPlane(registry, session, settings),
+            proxy=GenerationProxy(registry, session, settings),
             poller=poller,
             admin=AdminGuard(admin_token),
         )
@@ -55,6 +57,7 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
 
     app.include_router(control.router)
     app.include_router(fleet.router)
+    app.include_router(generate.router)
     return app
 
 

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from router.config import RouterSettings
 from router.fanout import ControlPlane
+from router.pd.proxy import GenerationProxy
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.security import AdminGuard
@@ -21,6 +22,7 @@ class RouterState:
     registry: FleetRegistry
     session: aiohttp.ClientSession
     control: ControlPlane
+    proxy: GenerationProxy
     poller: StatusPoller
     admin: AdminGuard
 

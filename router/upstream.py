@@ -58,7 +58,16 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+def transport_error(exc: aiohttp.ClientError | OSError) -> TransportError:
+    """The `TransportError` an aiohttp or socket failure stands for."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return ConnectionRefused(describe(exc.os_error))
+    return TransportError(describe(exc))
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     chunks: list[bytes] = []
     remaining = limit + 1  # one byte more tells us whether the body was cut
     while remaining > 0:
@@ -87,7 +96,7 @@ async def _call_once(
     try:
         async with session.request(method, url, data=body, headers=headers) as resp:
             limit = max_body if 200 <= resp.status < 300 else max_error_body
-            data, truncated = await _read_capped(resp, limit)
+            data, truncated = await read_capped(resp, limit)
             return NodeReply(
                 status=resp.status,
                 body=data,
@@ -95,12 +104,8 @@ async def _call_once(
                 content_type=resp.headers.get("Content-Type", ""),
                 elapsed_ms=(time.perf_counter() - started) * 1000,
             )
-    except aiohttp.ClientConnectorError as exc:
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            raise ConnectionRefused(describe(exc.os_error)) from exc
-        raise TransportError(describe(exc)) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise TransportError(describe(exc)) from exc
+        raise transport_error(exc) from exc
 
 
 async def call_node(
@@ -113,22 +118,25 @@ async def call_node(
     headers: dict[str, str] | None = None,
     max_body: int = 64 << 10,
     max_error_body: int = 500,
+    retry_refused: bool = True,
 ) -> NodeReply:
     """Call `url` and read at most `max_body` bytes of a 2xx reply (`max_error_body` of any
     other), all before `deadline` (event-loop time). Refused connections are retried with a
-    short backoff, never past the deadline."""
+    short backoff, never past the deadline, unless `retry_refused` is false: then the caller
+    decides where to go next."""
     started = time.perf_counter()
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(RETRY_ATTEMPTS),
-        wait=wait_exponential(multiplier=0.25, max=0.5),
-        retry=retry_if_exception_type(ConnectionRefused),
-        reraise=True,
-    )
+    args = (session, method, url, body, headers, max_body, max_error_body, started)
     try:
         async with asyncio.timeout_at(deadline):
-            return await retrying(
-                _call_once, session, method, url, body, headers, max_body, max_error_body, started
+            if not retry_refused:
+                return await _call_once(*args)
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(RETRY_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.25, max=0.5),
+                retry=retry_if_exception_type(ConnectionRefused),
+                reraise=True,
             )
+            return await retrying(_call_once, *args)
     except TimeoutError:
         waited = time.perf_counter() - started
         raise NodeTimeout(f"TimeoutError: no reply within {waited:.1f} s") from None

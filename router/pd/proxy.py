@@ -1,0 +1,238 @@
+"""One generation request end to end: place it, call prefill and decode at once, answer
+with decode's reply or a clear error.
+
+This is the router's hot path, benchmarked against Rust routers, so it stays lean: the body
+is parsed once by the caller and dumped once here, nothing is logged per request, and the
+only per-request objects are the two node calls.
+
+Retries: a node that refuses the connection never saw the request, so the request goes to
+another pair (the refusing node is marked down and so is not placed again), at most
+`MAX_PLACEMENTS` pairs in all. Any other failure may have reached a node and is reported,
+not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import aiohttp
+import orjson
+
+from router.config import RouterSettings
+from router.pd.bootstrap import add_bootstrap
+from router.pd.errors import (
+    GenerationError,
+    NodeRefused,
+    node_answered,
+    node_unreachable,
+    reply_too_large,
+)
+from router.pd.placement import ClusterSleeping, NoRoute, Placement, Placer
+from router.pd.stream import DecodeStream
+from router.registry import FleetRegistry, Health, Node
+from router.upstream import (
+    NodeReply,
+    NodeTimeout,
+    TransportError,
+    call_node,
+    read_capped,
+    transport_error,
+)
+
+MAX_PLACEMENTS = 3
+PREFILL_REPLY_BYTES = 64 << 10  # prefill's own reply is not relayed; read it only to finish
+JSON_HEADERS = {"Content-Type": "application/json"}
+MODEL_ROUTE_ORDER = ("decode", "mixed", "prefill")
+
+
+class GenerationProxy:
+    def __init__(
+        self, registry: FleetRegistry, session: aiohttp.ClientSession, settings: RouterSettings
+    ) -> None:
+        self._registry = registry
+        self._session = session
+        self._placer = Placer(registry, settings.policy)
+        self._timeout_s = settings.request_timeout_s
+        self._stream_timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
+        self._reply_bytes = settings.max_body_bytes
+        self._detail_bytes = settings.error_detail_bytes
+        # The router learns that a node woke at once (wake through it) or at the next poll.
+        self._retry_after = {"Retry-After": str(max(1, math.ceil(settings.poll_interval_s)))}
+        self._finishing: set[asyncio.Task[NodeReply]] = set()
+
+    async def generate(
+        self, path: str, payload: dict[str, Any], raw: bytes, stream: bool
+    ) -> NodeReply | DecodeStream:
+        """Serve one request to `path`; `payload` is `raw` parsed. Streams come back as a
+        `DecodeStream` the caller relays and closes; everything else as decode's reply."""
+        refused: NodeRefused | None = None
+        for _ in range(MAX_PLACEMENTS):
+            placement = self._place(refused)
+            body = raw
+            if placement.prefill is not None:
+                add_bootstrap(path, payload, placement.prefill)
+                body = orjson.dumps(payload)
+            try:
+                if stream:
+                    return await self._open_stream(placement, path, body)
+                return await self._exchange(placement, path, body)
+            except NodeRefused as exc:
+                refused = exc
+        assert refused is not None
+        raise refused
+
+    async def models(self) -> NodeReply:
+        """`GET /v1/models` from the first node that answers; sleeping nodes still know
+        their model."""
+        nodes = sorted(
+            (n for n in self._registry.all() if n.health is not Health.DOWN),
+            key=lambda n: MODEL_ROUTE_ORDER.index(n.role.value),
+        )
+        failure: GenerationError | None = None
+        for node in nodes[:MAX_PLACEMENTS]:
+            try:
+                return await call_node(
+                    self._session, "GET", f"{node.url}/v1/models", deadline=self._deadline(),
+                    max_body=self._reply_bytes, max_error_body=self._detail_bytes,
+                    retry_refused=False,
+                )
+            except TransportError as exc:
+                failure = self._failed(node, exc)
+        if failure is not None:
+            raise failure
+        raise GenerationError(503, str(self._placer.why_not()), self._retry_after)
+
+    def _place(self, refused: NodeRefused | None) -> Placement:
+        try:
+            return self._placer.place()
+        except NoRoute as exc:
+            message = str(exc)
+            if refused is not None and not isinstance(exc, ClusterSleeping):
+                message += f"; last failure: {refused.message}"
+            raise GenerationError(503, message, self._retry_after) from None
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._timeout_s
+
+    def _failed(self, node: Node, exc: TransportError) -> GenerationError:
+        if not isinstance(exc, NodeTimeout):  # slow is not down
+            self._registry.mark_down(node, str(exc))
+        return node_unreachable(node, exc)
+
+    async def _call(self, node: Node, path: str, body: bytes, max_body: int) -> NodeReply:
+        node.outstanding += 1
+        try:
+            return await call_node(
+                self._session, "POST", node.url + path, deadline=self._deadline(), body=body,
+                headers=JSON_HEADERS, max_body=max_body, max_error_body=self._detail_bytes,
+                retry_refused=False,
+            )
+        except TransportError as exc:
+            raise self._failed(node, exc) from None
+        finally:
+            node.outstanding -= 1
+
+    def _decode_reply(self, node: Node, reply: NodeReply) -> NodeReply:
+        if reply.ok and reply.truncated:
+            raise reply_too_large(node, self._reply_bytes)
+        return reply
+
+    async def _exchange(self, placement: Placement, path: str, body: bytes) -> NodeReply:
+        """Non-streaming: decode's reply once both nodes are done; a prefill failure ends
+        the request as soon as it is known."""
+        decode_node, prefill_node = placement.decode, placement.prefill
+        if prefill_node is None:
+            reply = await self._call(decode_node, path, body, self._reply_bytes)
+            return self._decode_reply(decode_node, reply)
+        prefill = asyncio.ensure_future(self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
+        decode = asyncio.ensure_future(self._call(decode_node, path, body, self._reply_bytes))
+        try:
+            await asyncio.wait((prefill, decode), return_when=asyncio.FIRST_COMPLETED)
+            if prefill.done():
+                _check_prefill(prefill_node, prefill.result())
+            reply = await decode
+            if reply.ok:
+                _check_prefill(prefill_node, await prefill)
+            return self._decode_reply(decode_node, reply)
+        finally:
+            _settle(prefill)
+            _settle(decode)
+
+    async def _open_stream(
+        self, placement: Placement, path: str, body: bytes
+    ) -> NodeReply | DecodeStream:
+        """Streaming: decode's stream as soon as its headers arrive, with prefill watched
+        from the side; a prefill failure before then is the request's error."""
+        prefill_node = placement.prefill
+        prefill = None
+        if prefill_node is not None:
+            prefill = asyncio.ensure_future(
+                self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
+        opening = asyncio.ensure_future(self._open_decode(placement.decode, path, body))
+        try:
+            if prefill is not None and prefill_node is not None:
+                await asyncio.wait((prefill, opening), return_when=asyncio.FIRST_COMPLETED)
+                if prefill.done():
+                    _check_prefill(prefill_node, prefill.result())
+            decoded = await opening
+        except BaseException:
+            _settle(prefill)
+            _abandon(opening)
+            raise
+        if isinstance(decoded, NodeReply):  # decode answered with an error status
+            _settle(prefill)
+        elif prefill is not None and prefill_node is not None:
+            decoded.watch_prefill(
+                prefill, lambda reply: _check_prefill(prefill_node, reply), self._finish)
+        return decoded
+
+    async def _open_decode(self, node: Node, path: str, body: bytes) -> NodeReply | DecodeStream:
+        node.outstanding += 1
+        handed_over = False
+        try:
+            resp = await self._session.post(
+                node.url + path, data=body, headers=JSON_HEADERS, timeout=self._stream_timeout)
+            if 200 <= resp.status < 300:
+                handed_over = True  # the stream now owns the outstanding count
+                return DecodeStream(node, resp, self._failed)
+            async with resp:
+                data, truncated = await read_capped(resp, self._detail_bytes)
+            return NodeReply(resp.status, data, truncated,
+                             resp.headers.get("Content-Type", ""), 0.0)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._failed(node, transport_error(exc)) from None
+        finally:
+            if not handed_over:
+                node.outstanding -= 1
+
+    def _finish(self, prefill: asyncio.Task[NodeReply]) -> None:
+        """Keep a prefill call that outlived its stream until it ends on its own."""
+        self._finishing.add(prefill)
+        prefill.add_done_callback(self._finishing.discard)
+
+
+def _check_prefill(node: Node, reply: NodeReply) -> None:
+    if not reply.ok:
+        raise node_answered(node, reply)
+
+
+def _settle(task: asyncio.Future[Any] | None) -> None:
+    """Cancel `task` if it still runs; otherwise mark its outcome as seen."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
+def _abandon(opening: asyncio.Future[NodeReply | DecodeStream]) -> None:
+    """Give up on a decode call that may already have produced a stream."""
+    if opening.done() and not opening.cancelled() and opening.exception() is None:
+        decoded = opening.result()
+        if isinstance(decoded, DecodeStream):
+            decoded.close()
+    else:
+        _settle(opening)
