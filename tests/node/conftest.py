@@ -146,3 +146,24 @@ async def sse_events(reply: Any) -> list[Any]:
             data = text.removeprefix("data: ")
             events.append(data if data == "[DONE]" else json.loads(data))
     return events
+
+
+async def wait_for_info(
+    http: Any,
+    node: NodeProcess,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """Poll /get_server_info until `predicate` holds (bounded by `timeout_s`)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        async with http.get(f"{node.url}/get_server_info") as reply:
+            info = await reply.json()
+        if predicate(info):
+            return info
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout_s}s; last info: {info}")
+        await asyncio.sleep(0.05)

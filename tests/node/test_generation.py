@@ -206,3 +206,30 @@ async def test_openai_chat_and_chat_streaming(openai_client: AsyncOpenAI) -> Non
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert content == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+async def test_weights_load_from_a_safetensors_file(
+    http: aiohttp.ClientSession,
+    start_node: StartNode,
+    mixed_node: NodeProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from node.engine.model import ModelConfig, TransformerWeights
+    from node.engine.tokenizer import VOCAB_SIZE
+    from node.options import NodeOptions
+
+    default = NodeOptions()
+    config = ModelConfig(default.model_shape, VOCAB_SIZE, torch.float32, torch.device("cpu"))
+    weights = TransformerWeights(config, torch.empty(config.numel()))
+    weights.init_seeded(default.seed)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({name: param.clone() for name, param in weights.params.items()}, str(path))
+    from_file = start_node("--model", str(path), "--seed", "999")
+    assert from_file.info()["model"]["name"] == "tiny"
+    body = greedy("weights from a file", 16)
+    assert (await generate(http, from_file, body))["output_ids"] == (
+        await generate(http, mixed_node, body)
+    )["output_ids"]

@@ -1,0 +1,164 @@
+"""Prefill/decode disaggregation: KV hand-off between two real nodes (SPEC section 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.node.conftest import NodeProcess, StartNode, free_port, sse_events, wait_for_info
+
+pytestmark = pytest.mark.timeout(60)
+
+HANDOFF_TIMEOUT_S = 2.0
+_rooms = itertools.count(1000)
+
+
+@pytest.fixture(scope="module")
+def prefill(start_node: StartNode) -> NodeProcess:
+    return start_node(role="prefill")
+
+
+@pytest.fixture(scope="module")
+def decode(start_node: StartNode) -> NodeProcess:
+    return start_node("--kv-handoff-timeout-s", str(HANDOFF_TIMEOUT_S), role="decode")
+
+
+def pd_body(prefill: NodeProcess, prompt: str, **sampling: Any) -> dict[str, Any]:
+    return {
+        "text": prompt,
+        "sampling_params": {"max_new_tokens": 20, **sampling},
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": prefill.bootstrap_port,
+        "bootstrap_room": next(_rooms),
+    }
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
+    async with http.post(url, json=body) as reply:
+        return reply.status, await reply.json()
+
+
+@pytest.mark.parametrize(
+    "sampling", [{"temperature": 0}, {"temperature": 0.8, "top_p": 0.9, "seed": 11}]
+)
+async def test_prefill_and_decode_give_the_mixed_nodes_tokens(
+    http: aiohttp.ClientSession,
+    prefill: NodeProcess,
+    decode: NodeProcess,
+    mixed_node: NodeProcess,
+    sampling: dict[str, Any],
+) -> None:
+    body = pd_body(prefill, "disaggregated prompt", **sampling)
+    (p_status, p_reply), (d_status, d_reply), (m_status, m_reply) = await asyncio.gather(
+        post(http, f"{prefill.url}/generate", body),
+        post(http, f"{decode.url}/generate", body),
+        post(http, f"{mixed_node.url}/generate", body),
+    )
+    assert (p_status, d_status, m_status) == (200, 200, 200), (p_reply, d_reply, m_reply)
+    assert len(m_reply["output_ids"]) == 20
+    assert d_reply["output_ids"] == m_reply["output_ids"]
+    assert d_reply["text"] == m_reply["text"]
+    assert p_reply["output_ids"] == m_reply["output_ids"][:1]
+    assert d_reply["meta_info"]["prompt_tokens"] == m_reply["meta_info"]["prompt_tokens"]
+
+
+async def test_decode_first_then_prefill_streams_the_same_tokens(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess, mixed_node: NodeProcess
+) -> None:
+    body = pd_body(prefill, "decode arrives first", temperature=0)
+    _, expected = await post(http, f"{mixed_node.url}/generate", body)
+
+    async def stream_from_decode() -> list[Any]:
+        async with http.post(f"{decode.url}/generate", json={**body, "stream": True}) as reply:
+            assert reply.status == 200
+            return await sse_events(reply)
+
+    streaming = asyncio.create_task(stream_from_decode())
+    await wait_for_info(http, decode, lambda info: info["inflight"] == 1)
+    status, _ = await post(http, f"{prefill.url}/generate", body)
+    assert status == 200
+    events = await streaming
+    assert events[-1] == "[DONE]"
+    assert len(events) == 21
+    assert events[-2]["output_ids"] == expected["output_ids"]
+
+
+async def test_prefill_first_holds_kv_until_claimed(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess, mixed_node: NodeProcess
+) -> None:
+    body = pd_body(prefill, "prefill arrives first", temperature=0)
+    status, _ = await post(http, f"{prefill.url}/generate", body)
+    assert status == 200
+    held = prefill.info()
+    assert held["held_kv_handoffs"] == 1 and held["inflight"] == 1
+    status, reply = await post(http, f"{decode.url}/generate", body)
+    assert status == 200
+    _, expected = await post(http, f"{mixed_node.url}/generate", body)
+    assert reply["output_ids"] == expected["output_ids"]
+    assert prefill.info()["held_kv_handoffs"] == 0
+    async with http.get(
+        f"http://127.0.0.1:{prefill.bootstrap_port}/kv/{body['bootstrap_room']}"
+    ) as again:
+        assert again.status == 410
+        assert "already handed off" in (await again.json())["message"]
+
+
+async def test_decode_fails_clearly_when_kv_never_arrives(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess
+) -> None:
+    body = pd_body(prefill, "nobody prefills this")
+    started = time.monotonic()
+    status, reply = await post(http, f"{decode.url}/generate", body)
+    assert status == 504
+    assert reply["success"] is False
+    assert f"no KV for bootstrap_room {body['bootstrap_room']}" in reply["message"]
+    assert HANDOFF_TIMEOUT_S <= time.monotonic() - started < HANDOFF_TIMEOUT_S + 5
+    async with http.post(
+        f"{decode.url}/generate", json={**pd_body(prefill, "again"), "stream": True}
+    ) as stream:
+        assert stream.status == 200
+        events = await sse_events(stream)
+    assert events[-1] == "[DONE]"
+    assert "no KV for bootstrap_room" in events[-2]["error"]["message"]
+    assert decode.info()["inflight"] == 0
+
+
+async def test_decode_fails_clearly_when_prefill_is_unreachable(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess
+) -> None:
+    body = {**pd_body(prefill, "nobody listens"), "bootstrap_port": free_port()}
+    status, reply = await post(http, f"{decode.url}/generate", body)
+    assert status == 504
+    assert "no KV for bootstrap_room" in reply["message"]
+
+
+async def test_pd_nodes_need_bootstrap_fields(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess
+) -> None:
+    for node, phrase in [(prefill, "bootstrap_room"), (decode, "bootstrap_host")]:
+        status, reply = await post(http, f"{node.url}/generate", {"text": "no room"})
+        assert status == 400
+        assert phrase in reply["message"]
+
+
+async def test_prefill_drops_unclaimed_kv_after_ttl(
+    http: aiohttp.ClientSession, start_node: StartNode
+) -> None:
+    short_ttl = start_node("--kv-ttl-s", "1", role="prefill")
+    body = pd_body(short_ttl, "nobody decodes this")
+    status, _ = await post(http, f"{short_ttl.url}/generate", body)
+    assert status == 200
+    assert short_ttl.info()["held_kv_handoffs"] == 1
+    await wait_for_info(
+        http, short_ttl, lambda info: info["held_kv_handoffs"] == 0 and info["inflight"] == 0
+    )
+    async with http.get(
+        f"http://127.0.0.1:{short_ttl.bootstrap_port}/kv/{body['bootstrap_room']}"
+    ) as reply:
+        assert reply.status == 410
+        assert "expired" in (await reply.json())["message"]
