@@ -32,7 +32,8 @@ def parse_tags(value: Any) -> list[MemoryTag] | None:
         raise ValueError(f"tags must be a list of tag names or null, got {type(value).__name__}")
     if not value:
         raise ValueError(f"tags must not be empty: name some of {valid}, or send null for all")
-    unknown = [t for t in value if t not in {tag.value for tag in ALL_TAGS}]
+    names = [t.value if isinstance(t, MemoryTag) else t for t in value]
+    unknown = [t for t in names if t not in {tag.value for tag in ALL_TAGS}]
     if unknown:
         raise ValueError(f"unknown tags {unknown}: valid tags are {valid}")
-    return list(dict.fromkeys(MemoryTag(t) for t in value))
+    return list(dict.fromkeys(MemoryTag(t) for t in names))
