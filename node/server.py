@@ -47,7 +47,11 @@ async def _bootstrap_listener(runtime: NodeRuntime) -> AsyncIterator[None]:
     # Bound before the main port answers /health, so a ready node's bootstrap port is too.
     sock = _listening_socket(options.host, options.bootstrap_port)
     config = uvicorn.Config(
-        create_bootstrap_app(runtime.handoffs), log_level=options.log_level, access_log=False
+        create_bootstrap_app(runtime.handoffs),
+        log_level=options.log_level,
+        access_log=False,
+        # A decode node's long poll must not hold up shutdown.
+        timeout_graceful_shutdown=1,
     )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -83,5 +87,11 @@ def serve(options: NodeOptions) -> None:
     )
     app = create_app(options)
     uvicorn.run(
-        app, host=options.host, port=options.port, log_level=options.log_level, access_log=False
+        app,
+        host=options.host,
+        port=options.port,
+        log_level=options.log_level,
+        access_log=False,
+        # Streams still open at shutdown are cut after this long rather than waited for.
+        timeout_graceful_shutdown=5,
     )

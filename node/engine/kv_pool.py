@@ -39,10 +39,6 @@ class KVPool:
     def numel(layers: int, slots: int, slot_tokens: int, heads: int, head_dim: int) -> int:
         return layers * 2 * slots * slot_tokens * heads * head_dim
 
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
-
     async def acquire(self) -> KVSlot:
         """The lowest free slot, waiting while every slot is taken."""
         await self._available.acquire()

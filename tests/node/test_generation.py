@@ -233,3 +233,10 @@ async def test_weights_load_from_a_safetensors_file(
     assert (await generate(http, from_file, body))["output_ids"] == (
         await generate(http, mixed_node, body)
     )["output_ids"]
+
+
+async def test_fault_injection_flags_are_accepted(
+    http: aiohttp.ClientSession, start_node: StartNode
+) -> None:
+    node = start_node("--enable-fault-injection", "--fault", "generate:delay=0.1")
+    assert len((await generate(http, node, greedy("faults", 4)))["output_ids"]) == 4
