@@ -9,8 +9,15 @@ Prints one line `READY {"ports": [...]}` once every port listens. Each port answ
 - any POST route not listed below: by its behaviour (default: 200 JSON echo);
 - `GET /is_sleeping`, `GET /get_server_info`: the stub's own sleep state (404 if
   `"status_routes": false`, like a plain SGLang server);
-- `GET /_stub/requests`: what it received (path, headers, body) so tests can check
-  forwarding; `PUT /_stub/behavior`: replace its behaviour.
+- `POST /generate`, `/v1/completions`, `/v1/chat/completions` (when the behaviour does
+  not fail them): a reply in SGLang's / OpenAI's shape naming the stub (`served_by`) and
+  the `bootstrap_room` it got; with `"stream": true` in the request, SSE of
+  `stream_chunks` chunks (default 3) `chunk_delay` s apart, then `data: [DONE]`. With
+  `"hold_last_chunk": true` the last chunk waits for `POST /_stub/release`;
+- `GET /v1/models`, `GET /health`: a one-model list, 200;
+- `GET /_stub/requests`: what it received (path, headers, body, and for generation
+  `chunks_sent`, `completed`, `disconnected`: the client went away before the reply ended)
+  so tests can check forwarding; `PUT /_stub/behavior`: replace its behaviour.
 """
 
 from __future__ import annotations
@@ -28,6 +35,42 @@ from aiohttp import web
 
 CHUNK = b"\xff\xfe\x00E" * 16384  # 64 KiB of bytes that are not UTF-8
 TAGS = ["weights", "kv_cache", "cuda_graph", "weights_drafter"]
+GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+MODEL = "stub-model"
+
+
+def generation_reply(path: str, served_by: int, request: dict[str, Any]) -> dict[str, Any]:
+    """A finished generation in the route's shape."""
+    base = {"served_by": served_by, "bootstrap_room": request.get("bootstrap_room")}
+    if path == "/generate":
+        return {**base, "text": "stub reply", "output_ids": [1, 2, 3], "meta_info": {
+            "id": request.get("rid") or "stub", "prompt_tokens": 2, "completion_tokens": 3,
+            "finish_reason": {"type": "length", "length": 3}}}
+    usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    if path == "/v1/completions":
+        return {**base, "id": "cmpl-stub", "object": "text_completion", "created": 0,
+                "model": MODEL, "usage": usage, "choices": [
+                    {"index": 0, "text": "stub reply", "finish_reason": "length",
+                     "logprobs": None}]}
+    return {**base, "id": "chatcmpl-stub", "object": "chat.completion", "created": 0,
+            "model": MODEL, "usage": usage, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "stub reply"},
+                 "finish_reason": "length"}]}
+
+
+def generation_chunk(path: str, served_by: int, index: int) -> dict[str, Any]:
+    """Chunk `index` of a streamed generation in the route's shape."""
+    token = f"tok{index} "
+    if path == "/generate":
+        return {"text": token, "index": index, "served_by": served_by,
+                "meta_info": {"id": "stub", "completion_tokens": index + 1}}
+    if path == "/v1/completions":
+        return {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": MODEL,
+                "served_by": served_by,
+                "choices": [{"index": 0, "text": token, "finish_reason": None}]}
+    return {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0,
+            "model": MODEL, "served_by": served_by,
+            "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]}
 
 
 class StubNode:
@@ -35,6 +78,7 @@ class StubNode:
         self.behavior = behavior
         self.received: list[dict[str, Any]] = []
         self.released: set[str] = set()
+        self.last_chunk_released = asyncio.Event()
 
     def rule(self, path: str) -> dict[str, Any]:
         routes = self.behavior.get("routes", {})
@@ -57,13 +101,28 @@ class StubNode:
         if path == "/_stub/behavior":
             self.behavior = await request.json()
             return web.json_response({"ok": True})
+        if path == "/_stub/release":
+            self.last_chunk_released.set()
+            return web.json_response({"ok": True})
         if request.method == "GET" and path in ("/is_sleeping", "/get_server_info"):
             return self.status_reply(path)
+        if request.method == "GET" and path in ("/v1/models", "/health"):
+            return web.json_response({"object": "list", "data": [
+                {"id": MODEL, "object": "model", "owned_by": "stub"}]})
         body = await request.read()
-        self.received.append({
+        entry = {
             "path": path, "query": request.query_string, "body": body.decode("latin-1"),
             "headers": {k.lower(): v for k, v in request.headers.items()}, "at": time.time(),
-        })
+        }
+        self.received.append(entry)
+        try:
+            return await self.answer(request, path, body, entry)
+        except (asyncio.CancelledError, ConnectionError):
+            entry["disconnected"] = True  # the client left before the reply ended
+            raise
+
+    async def answer(self, request: web.Request, path: str, body: bytes,
+                     entry: dict[str, Any]) -> web.StreamResponse:
         rule = self.rule(path)
         if rule.get("delay"):
             await asyncio.sleep(rule["delay"])
@@ -76,7 +135,34 @@ class StubNode:
         if 200 <= status < 300:
             self.track_sleep(path, body)
         kind, size = rule.get("body", "echo"), int(rule.get("size", 0))
+        if kind == "echo" and 200 <= status < 300 and path in GENERATION_PATHS:
+            return await self.generate(request, rule, body, entry)
         return await self.reply(request, status, kind, size, body)
+
+    async def generate(self, request: web.Request, rule: dict[str, Any], body: bytes,
+                       entry: dict[str, Any]) -> web.StreamResponse:
+        payload = json.loads(body)
+        served_by = request.transport.get_extra_info("sockname")[1] if request.transport else 0
+        if not payload.get("stream"):
+            entry["completed"] = True
+            return web.json_response(generation_reply(request.path, served_by, payload))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunks = int(rule.get("stream_chunks", 3))
+        entry["chunks_sent"] = 0
+        for index in range(chunks):
+            if index:
+                await asyncio.sleep(float(rule.get("chunk_delay", 0)))
+            if index == chunks - 1 and rule.get("hold_last_chunk"):
+                await self.last_chunk_released.wait()
+                self.last_chunk_released.clear()
+            data = json.dumps(generation_chunk(request.path, served_by, index))
+            await resp.write(f"data: {data}\n\n".encode())
+            entry["chunks_sent"] = index + 1
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        entry["completed"] = True
+        return resp
 
     def status_reply(self, path: str) -> web.Response:
         if not self.behavior.get("status_routes", True):
