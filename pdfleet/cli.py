@@ -77,6 +77,25 @@ def router(
 
 
 @app.command()
+def up(
+    config: Annotated[
+        Path, typer.Option(help="Fleet config YAML (default: the embedded local fleet).")
+    ] = DEFAULT_CONFIG,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds each process may take to answer /health.")
+    ] = 180,
+) -> None:
+    """Start a local fleet: every node with a `launch:` mapping, then the router; Ctrl-C
+    stops them all."""
+    from pdfleet.launcher import run
+
+    fleet = _load_config(config)
+    code = run(fleet, config.resolve(), ready_timeout, console,
+               lambda message: err_console.print(f"[red]{message}[/red]"))
+    raise typer.Exit(code)
+
+
+@app.command()
 def node(
     role: Annotated[NodeRole, typer.Option()] = NodeRole.mixed,
     port: Annotated[int, typer.Option()] = 30000,

@@ -1,0 +1,260 @@
+"""The local fleet behind `pdfleet up`: every node with a `launch:` mapping and the router,
+each a child process in its own process group, started, watched and stopped together.
+
+Nodes start first and the router once they answer `/health`, so the router's first status
+poll finds them up. Each child's output goes to its own log file; when a child fails, the
+tail of its log is shown. Stopping sends SIGTERM to every child's whole process group, then
+SIGKILL to what is left after a bound, so no process the fleet started outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from router.config import FleetConfig, NodeSpec, Role
+
+STOP_GRACE_S = 10.0
+POLL_INTERVAL_S = 0.2
+LOG_TAIL_LINES = 20
+
+
+class LaunchError(Exception):
+    """The fleet could not be started; the message names the process and why."""
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    health_url: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped as a whole
+            )
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def answers_health(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=1) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+    def signal_group(self, signum: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _option(key: str, value: Any) -> list[str]:
+    """`pdfleet node` arguments for one `launch:` entry."""
+    flag = "--" + key.replace("_", "-")
+    if value is True:
+        return [flag]
+    if value is False or value is None:
+        return []
+    if isinstance(value, list):
+        return [arg for item in value for arg in (flag, str(item))]
+    return [flag, str(value)]
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.port is None or parts.hostname is None:
+        raise LaunchError(f"{url}: a launched node's url needs an explicit host and port")
+    return parts.hostname, parts.port
+
+
+def node_command(spec: NodeSpec) -> list[str]:
+    host, port = _host_port(spec.url)
+    args = [sys.executable, "-m", "pdfleet", "node", "--role", spec.role.value,
+            "--host", host, "--port", str(port)]
+    if spec.bootstrap_port is not None:
+        args += ["--bootstrap-port", str(spec.bootstrap_port)]
+    for key, value in (spec.launch or {}).items():
+        args += _option(key, value)
+    return args
+
+
+def ports_in_use(config: FleetConfig) -> list[str]:
+    """Every port the fleet would listen on that something else holds already."""
+    wanted: list[tuple[str, int, str]] = [
+        (config.router.host, config.router.port, "router")]
+    for spec in config.nodes:
+        if spec.launch is None:
+            continue
+        host, port = _host_port(spec.url)
+        wanted.append((host, port, f"{spec.role.value} node {spec.url}"))
+        if spec.bootstrap_port is not None and spec.role is not Role.DECODE:
+            wanted.append((host, spec.bootstrap_port, f"bootstrap port of {spec.url}"))
+    problems = []
+    seen: dict[int, str] = {}
+    for host, port, owner in wanted:
+        if port in seen:
+            problems.append(f"port {port} is wanted by both {seen[port]} and {owner}")
+        seen[port] = owner
+        if not _can_bind(host, port):
+            problems.append(f"port {port} ({owner}) is already in use on {host}")
+    return problems
+
+
+def _can_bind(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalFleet:
+    def __init__(self, config: FleetConfig, config_path: Path, console: Console) -> None:
+        self.router_url = f"http://{config.router.host}:{config.router.port}"
+        self.log_dir = Path(tempfile.mkdtemp(prefix="pdfleet-up-"))
+        self._console = console
+        self.nodes = [
+            Child(f"{spec.role.value} {spec.url}", node_command(spec), f"{spec.url}/health",
+                  self.log_dir / f"node-{_host_port(spec.url)[1]}.log")
+            for spec in config.nodes if spec.launch is not None
+        ]
+        self.router = Child(
+            f"router {self.router_url}",
+            [sys.executable, "-m", "pdfleet", "router", "--config", str(config_path)],
+            f"{self.router_url}/health", self.log_dir / "router.log",
+        )
+        self._stop = threading.Event()
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.nodes, self.router]
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+
+    def start(self, ready_timeout_s: float) -> bool:
+        """Start the nodes, then the router, each ready (answering /health) within
+        `ready_timeout_s`. False if a stop was requested meanwhile; LaunchError on failure."""
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=self._console, transient=False) as progress:
+            for group in (self.nodes, [self.router]):
+                if not self._start_group(group, progress, ready_timeout_s):
+                    return False
+        return True
+
+    def _start_group(self, group: list[Child], progress: Progress, timeout_s: float) -> bool:
+        pending: dict[TaskID, Child] = {}
+        for child in group:
+            child.start()
+            pending[progress.add_task(f"{child.name}: starting", total=1)] = child
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for task, child in list(pending.items()):
+                code = child.exit_code()
+                if code is not None:
+                    raise LaunchError(
+                        f"{child.name} exited with code {code} before it was ready\n"
+                        f"{child.log_tail()}")
+                if child.answers_health():
+                    progress.update(task, description=f"{child.name}: [green]ready", completed=1)
+                    del pending[task]
+            if time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending.values())
+                raise LaunchError(f"not ready within {timeout_s:.0f} s: {names}")
+            if self._stop.wait(POLL_INTERVAL_S):
+                return False
+        return True
+
+    def watch(self) -> Child | None:
+        """Wait until a stop is requested (None) or a child exits (that child)."""
+        while not self._stop.wait(POLL_INTERVAL_S):
+            for child in self.children:
+                if child.exit_code() is not None:
+                    return child
+        return None
+
+    def stop(self) -> None:
+        """SIGTERM every child's process group, router first; SIGKILL what remains after
+        `STOP_GRACE_S`."""
+        started = [c for c in reversed(self.children) if c.proc is not None]
+        for child in started:
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in started:
+            assert child.proc is not None
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for child in started:
+            child.signal_group(signal.SIGKILL)  # stragglers, grandchildren included
+            assert child.proc is not None
+            child.proc.wait()
+
+
+def run(config: FleetConfig, config_path: Path, ready_timeout_s: float,
+        console: Console, err: Callable[[str], None]) -> int:
+    """`pdfleet up`: 0 after a requested stop, 1 if the fleet failed to start or a child died."""
+    try:
+        problems = ports_in_use(config)
+        if problems:
+            raise LaunchError("; ".join(problems))
+        fleet = LocalFleet(config, config_path, console)
+    except LaunchError as exc:
+        err(f"cannot start the fleet: {exc}")
+        return 1
+    previous = {s: signal.signal(s, fleet.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not fleet.start(ready_timeout_s):
+            return 0
+        console.print(f"pdfleet is up: router at [bold]{fleet.router_url}[/bold] "
+                      f"(logs in {fleet.log_dir}); Ctrl-C stops it")
+        died = fleet.watch()
+        if died is not None:
+            err(f"{died.name} exited with code {died.exit_code()}\n{died.log_tail()}")
+            return 1
+        console.print("stopping the fleet")
+        return 0
+    except LaunchError as exc:
+        err(f"cannot start the fleet: {exc}\n(logs in {fleet.log_dir})")
+        return 1
+    finally:
+        fleet.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
