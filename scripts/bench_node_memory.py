@@ -2,9 +2,12 @@
 
 Loads a model through the node's own classes (NodeRuntime: engine, memory backend and
 MemoryController), measures the machine's pinned host<->device copy bandwidth in the same run,
-then runs N cycles of: release weights, release kv_cache, resume kv_cache, resume weights.
-Reports per step time and GB/s (region bytes / time), the freed fraction of the node's device
-memory above the CUDA context, and whether tokens after each wake equal those before sleep.
+then runs N cycles of four steps, one tag each, in the order `--order` names: `staged` (an RL
+loop's: release kv_cache, release weights, resume weights, resume kv_cache) or `weights-first`
+(release weights, release kv_cache, resume kv_cache, resume weights). Reports per step time
+and GB/s (region bytes / time), the freed fraction of the node's device memory above the CUDA
+context (measured once the context has loaded the kernels a matrix product needs, and also
+above the bare context), and whether tokens after each wake equal those before sleep.
 
     python scripts/bench_node_memory.py --weights-gib 16 --kv-gib 24 --json out/bench.json
     python scripts/bench_node_memory.py --device cpu --model-size tiny   # smoke check
@@ -33,12 +36,11 @@ from node.runtime import NodeRuntime
 
 GB = 1e9
 GIB = 1024**3
-STEPS = [
-    ("release", MemoryTag.WEIGHTS),
-    ("release", MemoryTag.KV_CACHE),
-    ("resume", MemoryTag.KV_CACHE),
-    ("resume", MemoryTag.WEIGHTS),
-]
+W, KV = MemoryTag.WEIGHTS, MemoryTag.KV_CACHE
+ORDERS = {
+    "staged": [("release", KV), ("release", W), ("resume", W), ("resume", KV)],
+    "weights-first": [("release", W), ("release", KV), ("resume", KV), ("resume", W)],
+}
 
 
 @dataclass
@@ -106,8 +108,22 @@ async def sample_tokens(runtime: NodeRuntime, count: int) -> list[int]:
     return (await runtime.local_service.complete(request)).output_ids
 
 
+def context_baseline(device: str) -> tuple[int, int]:
+    """Device memory used by the bare CUDA context, and by the context once a bf16 matrix
+    product has loaded its kernels (workspaces freed again): what no release can return."""
+    bare = read_memory(device).used_bytes
+    if device != "cuda":
+        return bare, bare
+    a = torch.ones(256, 256, dtype=torch.bfloat16, device="cuda")
+    (a @ a).sum().item()
+    del a
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
+    return bare, read_memory(device).used_bytes
+
+
 async def run_cycles(
-    runtime: NodeRuntime, args: argparse.Namespace, context_used: int
+    runtime: NodeRuntime, args: argparse.Namespace, context: tuple[int, int]
 ) -> dict[str, Any]:
     controller = runtime.controller
     device = runtime.options.device
@@ -115,9 +131,12 @@ async def run_cycles(
     loaded_used = read_memory(device).used_bytes
     steps: list[StepResult] = []
     freed_fractions: list[float] = []
+    freed_fractions_bare: list[float] = []
     tokens_equal: list[bool] = []
+    bare_used, context_used = context
+    steps_order = ORDERS[args.order]
     for cycle in range(1, args.cycles + 1):
-        for op, tag in STEPS:
+        for index, (op, tag) in enumerate(steps_order):
             if op == "release":
                 report = await controller.release(ReleaseRequest(tags=[tag]))
                 measured = report.freed_bytes
@@ -136,16 +155,20 @@ async def run_cycles(
                     measured_bytes=measured,
                 )
             )
-            if op == "release" and tag is MemoryTag.KV_CACHE:
+            if index == 1:  # both regions released
                 asleep_used = read_memory(device).used_bytes
-                freed_fractions.append((loaded_used - asleep_used) / (loaded_used - context_used))
+                freed = loaded_used - asleep_used
+                freed_fractions.append(freed / (loaded_used - context_used))
+                freed_fractions_bare.append(freed / (loaded_used - bare_used))
         tokens_equal.append(await sample_tokens(runtime, args.tokens) == reference)
     return {
         "steps": [asdict(s) for s in steps],
+        "order": args.order,
         "freed_fraction_above_context": freed_fractions,
+        "freed_fraction_above_bare_context": freed_fractions_bare,
         "tokens_identical_after_wake": tokens_equal,
         "reference_tokens": reference,
-        "used_bytes": {"context": context_used, "loaded": loaded_used},
+        "used_bytes": {"bare_context": bare_used, "context": context_used, "loaded": loaded_used},
     }
 
 
@@ -161,10 +184,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {step['measured_bytes'] / GIB:.2f} |"
         )
     fractions = ", ".join(f"{f:.2%}" for f in result["freed_fraction_above_context"])
+    bare = ", ".join(f"{f:.2%}" for f in result["freed_fraction_above_bare_context"])
+    used = result["used_bytes"]
     lines += [
         "",
-        f"- device: {result['device']}, backend: {result['backend']}, model: {result['model']}",
-        f"- freed fraction of device memory above the CUDA context, per cycle: {fractions}",
+        f"- device: {result['device']}, backend: {result['backend']}, model: {result['model']}, "
+        f"order: {result['order']}",
+        f"- device memory used: bare context {used['bare_context'] / GIB:.2f} GiB, context with "
+        f"matmul kernels loaded {used['context'] / GIB:.2f} GiB, loaded node "
+        f"{used['loaded'] / GIB:.2f} GiB",
+        f"- freed fraction of device memory above the loaded context, per cycle: {fractions}",
+        f"- freed fraction above the bare context, per cycle: {bare}",
         f"- tokens identical after each wake: {result['tokens_identical_after_wake']}",
     ]
     if result.get("pinned_copy"):
@@ -191,13 +221,14 @@ def main() -> None:
     parser.add_argument("--kv-gib", type=float, help="KV pool size (default: 8192 tokens)")
     parser.add_argument("--kv-slots", type=int, default=8)
     parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--order", choices=sorted(ORDERS), default="staged")
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args()
 
     options = build_options(args)
-    context_used = read_memory(args.device).used_bytes
+    context = context_baseline(args.device)
     started = time.perf_counter()
     runtime = NodeRuntime(options)
     load_s = time.perf_counter() - started
@@ -211,7 +242,7 @@ def main() -> None:
         pin_ready_s = time.perf_counter() - started
         copy_bytes = min(runtime.backend.region_bytes(MemoryTag.WEIGHTS), 4 * GIB)
         pinned_copy = asdict(pinned_bandwidth(copy_bytes))
-    result = asyncio.run(run_cycles(runtime, args, context_used))
+    result = asyncio.run(run_cycles(runtime, args, context))
     result.update(
         device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         backend=runtime.backend.name,

@@ -35,7 +35,7 @@ from node.memory.messages import (
     ResumeReport,
     ResumeRequest,
 )
-from node.memory.tags import ALL_TAGS, MemoryTag
+from node.memory.tags import ALL_TAGS, RELEASE_ORDER, RESUME_ORDER, MemoryTag, in_order
 
 
 class NodeState(Enum):
@@ -101,7 +101,7 @@ class MemoryController:
             self._transition(NodeState.RELEASING)
             before = self._backend.stats().reading.used_bytes
             try:
-                for tag in todo:
+                for tag in in_order(todo, RELEASE_ORDER):
                     await self._apply(self._backend.release, tag, "release")
                     self._released.add(tag)
             finally:
@@ -131,7 +131,7 @@ class MemoryController:
             self._transition(NodeState.RESUMING)
             before = self._backend.stats().reading.used_bytes
             try:
-                for tag in todo:
+                for tag in in_order(todo, RESUME_ORDER):
                     await self._apply(self._backend.resume, tag, "resume")
                     self._released.discard(tag)
                     if tag is MemoryTag.KV_CACHE:

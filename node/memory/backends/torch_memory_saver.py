@@ -57,7 +57,8 @@ class TorchMemorySaverBackend(MemoryBackend):
         torch.cuda.synchronize()
         self._saver.pause(region.tag.value)
         # Blocks freed inside the region stay cached by PyTorch unless emptied, and would
-        # stay invisible to other processes.
+        # stay invisible to other processes; cuBLAS workspaces are recreated on next use.
+        torch._C._cuda_clearCublasWorkspaces()
         torch.cuda.empty_cache()
 
     def _resume(self, region: Region) -> None:
