@@ -12,7 +12,7 @@ from node.server import serve
 
 
 def parse_args(argv: list[str]) -> NodeOptions:
-    parser = argparse.ArgumentParser(prog="python -m node", description="Run one pdfleet node.")
+    parser = argparse.ArgumentParser(prog="pdfleet node", description="Run one pdfleet node.")
     parser.add_argument("--role", choices=["prefill", "decode", "mixed"], default="mixed")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=30000)

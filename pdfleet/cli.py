@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,24 +20,6 @@ DEFAULT_CONFIG = Path(__file__).with_name("local.yaml")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-class NodeRole(StrEnum):
-    prefill = "prefill"
-    decode = "decode"
-    mixed = "mixed"
-
-
-class Device(StrEnum):
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class MemoryBackend(StrEnum):
-    auto = "auto"
-    torch_memory_saver = "torch_memory_saver"
-    cpu = "cpu"
-    none = "none"
 
 
 RouterOpt = Annotated[
@@ -95,31 +76,15 @@ def up(
     raise typer.Exit(code)
 
 
-@app.command()
-def node(
-    role: Annotated[NodeRole, typer.Option()] = NodeRole.mixed,
-    port: Annotated[int, typer.Option()] = 30000,
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    device: Annotated[Device, typer.Option()] = Device.cpu,
-    memory_backend: Annotated[MemoryBackend, typer.Option()] = MemoryBackend.auto,
-    bootstrap_port: Annotated[int | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option(help="safetensors weights file.")] = None,
-    model_size: Annotated[str, typer.Option(help="tiny | small | a GPU size like 4g.")] = "tiny",
-    seed: Annotated[int, typer.Option()] = 0,
-    enable_fault_injection: Annotated[bool, typer.Option()] = False,
-    fault: Annotated[list[str] | None, typer.Option(help="Fault rule; repeatable.")] = None,
-) -> None:
-    """Run one node serving the reference model."""
-    from node.server import serve
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def node(ctx: typer.Context) -> None:
+    """Run one node serving the reference model (`pdfleet node --help` lists the options)."""
+    from node.__main__ import main
 
-    from node.options import NodeOptions
-
-    serve(NodeOptions(
-        role=role.value, port=port, host=host, device=device.value,
-        memory_backend=memory_backend.value, bootstrap_port=bootstrap_port, model=model,
-        model_size=model_size, seed=seed, enable_fault_injection=enable_fault_injection,
-        faults=fault or [],
-    ))
+    main(ctx.args)
 
 
 def _headers() -> dict[str, str]:
