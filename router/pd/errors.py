@@ -1,10 +1,10 @@
 """What a client is told when its generation request cannot be served, defined once.
 
-Node failures name the node, its role and either the node's HTTP status with a capped
-detail, or the transport error (refused, reset, timeout) — the same fields the control
-fan-out reports. Before the reply starts they are the HTTP error's body (`{"detail": ...}`);
-once a stream has started, they arrive as an SSE event `data: {"error": ...}`, which is how
-OpenAI clients expect a stream to fail.
+The shape is the one OpenAI clients read, `{"error": {"message": ..., "code": <status>}}`,
+whether it is the body of an HTTP error or, once a stream has started, an SSE event
+`data: {"error": ...}` (how OpenAI clients expect a stream to fail). A node failure adds
+the same fields the control fan-out reports: the node (`server`, `role`) and either its
+HTTP `status` with a capped `detail`, or the transport `error` (refused, reset, timeout).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ class GenerationError(Exception):
         return self.detail if isinstance(self.detail, str) else str(self.detail["message"])
 
     def body(self) -> dict[str, Any]:
-        return {"detail": self.detail}
+        fields = self.detail if isinstance(self.detail, dict) else {"message": self.detail}
+        return {"error": {**fields, "code": self.status}}
 
     def sse_event(self) -> bytes:
-        error = self.detail if isinstance(self.detail, dict) else {"message": self.detail}
-        return b"data: " + orjson.dumps({"error": {**error, "code": self.status}}) + b"\n\n"
+        return b"data: " + orjson.dumps(self.body()) + b"\n\n"
 
 
 class NodeRefused(GenerationError):

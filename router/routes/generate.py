@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -45,12 +45,12 @@ def parse_request(body: bytes) -> tuple[dict[str, Any], bool]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise HTTPException(400, detail=f"request body is not valid JSON: {exc}") from None
+        raise GenerationError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
-        raise HTTPException(400, detail="request body must be a JSON object")
+        raise GenerationError(400, "request body must be a JSON object")
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise HTTPException(422, detail=f"stream must be true or false, got {stream!r}")
+        raise GenerationError(422, f"stream must be true or false, got {stream!r}")
     return payload, stream is True
 
 
@@ -65,8 +65,8 @@ def error_response(exc: GenerationError) -> JSONResponse:
 def generation_endpoint(path: str) -> Callable[[Request], Awaitable[Response]]:
     async def generation(request: Request) -> Response:
         body = await request.body()
-        payload, stream = parse_request(body)
         try:
+            payload, stream = parse_request(body)
             result = await router_state(request).proxy.generate(path, payload, body, stream)
         except GenerationError as exc:
             return error_response(exc)

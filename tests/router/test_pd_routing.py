@@ -127,11 +127,11 @@ async def test_prefill_http_error_is_reported_promptly_and_decode_is_cancelled(
     started = time.monotonic()
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert resp.status == 500
-        detail = (await resp.json())["detail"]
+        error = (await resp.json())["error"]
     assert time.monotonic() - started < 3
-    assert detail["role"] == "prefill" and detail["server"] == stubs.urls[0]
-    assert detail["status"] == 500 and "prefill" in detail["message"]
-    assert detail["detail"].startswith("node error") and len(detail["detail"]) == 100
+    assert error["role"] == "prefill" and error["server"] == stubs.urls[0]
+    assert error["status"] == error["code"] == 500 and "prefill" in error["message"]
+    assert error["detail"].startswith("node error") and len(error["detail"]) == 100
     await eventually(lambda: disconnected(http, stubs.urls[1]))
     await eventually(lambda: no_outstanding(http, r.url))
 
@@ -141,8 +141,9 @@ async def test_prefill_reset_is_a_transport_error_and_is_not_retried(stub_nodes,
     r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert resp.status == 502
-        detail = (await resp.json())["detail"]
-    assert detail["role"] == "prefill" and "status" not in detail and detail["error"]
+        error = (await resp.json())["error"]
+    assert error["role"] == "prefill" and "status" not in error and error["error"]
+    assert error["code"] == 502
     assert len(await calls(http, stubs.urls[0])) == 1
     await eventually(lambda: disconnected(http, stubs.urls[1]))
 
@@ -153,7 +154,7 @@ async def test_hung_decode_is_bounded_by_request_timeout(stub_nodes, router, htt
     started = time.monotonic()
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert resp.status == 504
-        assert (await resp.json())["detail"]["error"].startswith("TimeoutError")
+        assert (await resp.json())["error"]["error"].startswith("TimeoutError")
     assert 0.9 < time.monotonic() - started < 3
 
 
@@ -165,7 +166,7 @@ async def test_sleeping_cluster_gets_503_with_retry_after(stub_nodes, router, ht
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert resp.status == 503
         assert int(resp.headers["Retry-After"]) >= 1
-        assert "sleeping" in (await resp.json())["detail"]
+        assert "sleeping" in (await resp.json())["error"]["message"]
     assert [c["path"] for c in await calls(http, stubs.urls[1])] == [
         "/release_memory_occupation"]
     async with http.post(f"{r.url}/resume_memory_occupation", json={}) as resp:
@@ -197,10 +198,10 @@ async def test_no_healthy_pair_is_503_with_a_clear_message(stub_nodes, router, h
     r = router(pd_fleet([stubs.urls[0]], []))
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert resp.status == 503
-        assert "no healthy prefill/decode pair" in (await resp.json())["detail"]
+        assert "no healthy prefill/decode pair" in (await resp.json())["error"]["message"]
     empty = router([])
     async with http.post(f"{empty.url}/v1/completions", json={"prompt": "x"}) as resp:
-        assert resp.status == 503 and "no nodes" in (await resp.json())["detail"]
+        assert resp.status == 503 and "no nodes" in (await resp.json())["error"]["message"]
 
 
 async def test_node_failing_at_transport_level_is_marked_down_and_skipped(
@@ -265,8 +266,8 @@ async def test_retries_stop_after_three_pairs(stub_nodes, router, http):
     doomed.stop()
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert resp.status == 502
-        detail = (await resp.json())["detail"]
-    assert detail["role"] == "prefill" and "ConnectionRefusedError" in detail["error"]
+        error = (await resp.json())["error"]
+    assert error["role"] == "prefill" and "ConnectionRefusedError" in error["error"]
     nodes = await cluster_nodes(http, r.url)
     assert sum(nodes[u]["health"] == "down" for u in doomed.urls) == 3
 
@@ -336,7 +337,7 @@ async def test_bad_request_body_is_rejected_and_reaches_no_node(
     async with http.post(f"{r.url}/generate", data=raw,
                          headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == status
-        assert words in (await resp.json())["detail"]
+        assert words in (await resp.json())["error"]["message"]
     assert await calls(http, stubs.urls[0]) == []
 
 

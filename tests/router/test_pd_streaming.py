@@ -104,9 +104,9 @@ async def test_prefill_failure_before_decode_answers_is_the_request_error(
     r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
     async with http.post(f"{r.url}/generate", json={"text": "x", "stream": True}) as resp:
         assert resp.status == 500
-        detail = (await resp.json())["detail"]
-    assert detail["role"] == "prefill"
-    assert json.loads(detail["detail"]) == {"error": "node failed", "code": 500}
+        error = (await resp.json())["error"]
+    assert error["role"] == "prefill" and error["code"] == 500
+    assert json.loads(error["detail"]) == {"error": "node failed", "code": 500}
     await eventually(lambda: disconnected(http, stubs.urls[1]))
 
 
