@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -357,3 +358,26 @@ async def test_least_outstanding_picks_the_idle_decode_node(stub_nodes, router, 
     await eventually(lambda: no_outstanding(http, r.url))
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert (await resp.json())["served_by"] == stubs.ports[1]
+
+
+async def test_generation_routes_take_post_only(stub_nodes, router, http):
+    stubs = stub_nodes([{}, {}])
+    r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
+    async with http.get(f"{r.url}/generate") as resp:
+        assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        assert "POST" in (await resp.json())["error"]["message"]
+
+
+async def test_oversized_generation_body_is_413_and_reaches_no_node(stub_nodes, router, http):
+    stubs = stub_nodes([{}, {}])
+    r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]), max_body_bytes=4096)
+    async with http.post(f"{r.url}/v1/completions", json={"prompt": "a" * 8000}) as resp:
+        assert resp.status == 413 and "larger than" in (await resp.json())["detail"]
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit counts bytes
+        for _ in range(8):
+            yield b"a" * 1000
+
+    async with http.post(f"{r.url}/generate", data=chunked()) as resp:
+        assert resp.status == 413
+    assert await calls(http, stubs.urls[0]) == []
