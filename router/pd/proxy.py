@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -40,6 +41,8 @@ from router.upstream import (
     read_capped,
     transport_error,
 )
+
+T = TypeVar("T")
 
 MAX_PLACEMENTS = 3
 PREFILL_REPLY_BYTES = 64 << 10  # prefill's own reply is not relayed; read it only to finish
@@ -121,8 +124,16 @@ class GenerationProxy:
             self._registry.mark_down(node, str(exc))
         return node_unreachable(node, exc)
 
-    async def _call(self, node: Node, path: str, body: bytes, max_body: int) -> NodeReply:
+    def _start(self, node: Node, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `call` to `node` as a task. The node counts it as outstanding from now on —
+        before the next request is placed, which least_outstanding relies on — until the
+        task ends, however it ends (even cancelled before it ran)."""
         node.outstanding += 1
+        task = asyncio.ensure_future(call)
+        task.add_done_callback(lambda _: _release(node))
+        return task
+
+    async def _call(self, node: Node, path: str, body: bytes, max_body: int) -> NodeReply:
         try:
             return await call_node(
                 self._session, "POST", node.url + path, deadline=self._deadline(), body=body,
@@ -131,8 +142,6 @@ class GenerationProxy:
             )
         except TransportError as exc:
             raise self._failed(node, exc) from None
-        finally:
-            node.outstanding -= 1
 
     def _decode_reply(self, node: Node, reply: NodeReply) -> NodeReply:
         if reply.ok and reply.truncated:
@@ -143,11 +152,11 @@ class GenerationProxy:
         """Non-streaming: decode's reply once both nodes are done; a prefill failure ends
         the request as soon as it is known."""
         decode_node, prefill_node = placement.decode, placement.prefill
+        decode = self._start(decode_node, self._call(decode_node, path, body, self._reply_bytes))
         if prefill_node is None:
-            reply = await self._call(decode_node, path, body, self._reply_bytes)
-            return self._decode_reply(decode_node, reply)
-        prefill = asyncio.ensure_future(self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
-        decode = asyncio.ensure_future(self._call(decode_node, path, body, self._reply_bytes))
+            return self._decode_reply(decode_node, await decode)
+        prefill = self._start(
+            prefill_node, self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
         try:
             await asyncio.wait((prefill, decode), return_when=asyncio.FIRST_COMPLETED)
             if prefill.done():
@@ -165,12 +174,12 @@ class GenerationProxy:
     ) -> NodeReply | DecodeStream:
         """Streaming: decode's stream as soon as its headers arrive, with prefill watched
         from the side; a prefill failure before then is the request's error."""
-        prefill_node = placement.prefill
+        decode_node, prefill_node = placement.decode, placement.prefill
+        opening = self._start(decode_node, self._open_decode(decode_node, path, body))
         prefill = None
         if prefill_node is not None:
-            prefill = asyncio.ensure_future(
-                self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
-        opening = asyncio.ensure_future(self._open_decode(placement.decode, path, body))
+            prefill = self._start(
+                prefill_node, self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
         try:
             if prefill is not None and prefill_node is not None:
                 await asyncio.wait((prefill, opening), return_when=asyncio.FIRST_COMPLETED)
@@ -189,13 +198,10 @@ class GenerationProxy:
         return decoded
 
     async def _open_decode(self, node: Node, path: str, body: bytes) -> NodeReply | DecodeStream:
-        node.outstanding += 1
-        handed_over = False
         try:
             resp = await self._session.post(
                 node.url + path, data=body, headers=JSON_HEADERS, timeout=self._stream_timeout)
             if 200 <= resp.status < 300:
-                handed_over = True  # the stream now owns the outstanding count
                 return DecodeStream(node, resp, self._failed)
             async with resp:
                 data, truncated = await read_capped(resp, self._detail_bytes)
@@ -203,14 +209,15 @@ class GenerationProxy:
                              resp.headers.get("Content-Type", ""), 0.0)
         except (aiohttp.ClientError, OSError) as exc:
             raise self._failed(node, transport_error(exc)) from None
-        finally:
-            if not handed_over:
-                node.outstanding -= 1
 
     def _finish(self, prefill: asyncio.Task[NodeReply]) -> None:
         """Keep a prefill call that outlived its stream until it ends on its own."""
         self._finishing.add(prefill)
         prefill.add_done_callback(self._finishing.discard)
+
+
+def _release(node: Node) -> None:
+    node.outstanding -= 1
 
 
 def _check_prefill(node: Node, reply: NodeReply) -> None:

@@ -30,9 +30,10 @@ class PrefillFailed(Exception):
 
 
 class DecodeStream:
-    """Owns the decode response and one unit of the decode node's outstanding count."""
+    """Owns the decode response, and counts as outstanding on its node until closed."""
 
     def __init__(self, node: Node, resp: aiohttp.ClientResponse, failed: FailureReporter) -> None:
+        node.outstanding += 1
         self.node = node
         self.status = resp.status
         self.content_type = resp.headers.get("Content-Type", "text/event-stream")

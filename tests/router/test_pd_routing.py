@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -381,3 +382,16 @@ async def test_oversized_generation_body_is_413_and_reaches_no_node(stub_nodes, 
     async with http.post(f"{r.url}/generate", data=chunked()) as resp:
         assert resp.status == 413
     assert await calls(http, stubs.urls[0]) == []
+
+
+async def test_least_outstanding_spreads_a_burst_evenly(stub_nodes, router, http):
+    slow = {"routes": {"/generate": {"delay": 0.5}}}
+    stubs = stub_nodes([{}, slow, slow])
+    r = router(pd_fleet([stubs.urls[0]], stubs.urls[1:]), policy="least_outstanding")
+
+    async def one() -> int:
+        async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
+            return (await resp.json())["served_by"]
+
+    served = await asyncio.gather(*(one() for _ in range(10)))
+    assert sorted(served.count(p) for p in stubs.ports[1:]) == [5, 5]
