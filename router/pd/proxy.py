@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
-from router.config import RouterSettings
+from router.config import Role, RouterSettings
 from router.pd.bootstrap import add_bootstrap
 from router.pd.errors import (
     GenerationError,
@@ -47,7 +47,7 @@ T = TypeVar("T")
 MAX_PLACEMENTS = 3
 PREFILL_REPLY_BYTES = 64 << 10  # prefill's own reply is not relayed; read it only to finish
 JSON_HEADERS = {"Content-Type": "application/json"}
-MODEL_ROUTE_ORDER = ("decode", "mixed", "prefill")
+MODEL_ASKING_ORDER = (Role.DECODE, Role.MIXED, Role.PREFILL)
 
 
 class GenerationProxy:
@@ -91,7 +91,7 @@ class GenerationProxy:
         their model."""
         nodes = sorted(
             (n for n in self._registry.all() if n.health is not Health.DOWN),
-            key=lambda n: MODEL_ROUTE_ORDER.index(n.role.value),
+            key=lambda n: MODEL_ASKING_ORDER.index(n.role),
         )
         failure: GenerationError | None = None
         for node in nodes[:MAX_PLACEMENTS]:
