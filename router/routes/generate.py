@@ -2,9 +2,10 @@
 
 The three POST routes are the router's hot path, so they are served by an ASGI middleware
 (`GenerationRoutes`) straight from the ASGI messages: the body is relayed, not modelled, and
-skipping FastAPI's routing and request machinery roughly halves the router's own cost per
-request. The middleware sits inside the body-size limit and Starlette's error handling, and
-passes every other request on. `GET /v1/models` is an ordinary FastAPI route.
+skipping FastAPI's routing and request machinery takes about 100 µs of CPU off every request
+(a third of what serving it costs without the node calls). The middleware sits inside the
+body-size limit and Starlette's error handling, and passes every other request on.
+`GET /v1/models` is an ordinary FastAPI route.
 """
 
 from __future__ import annotations
