@@ -2,8 +2,8 @@
 
 The three POST routes are the router's hot path, so they are served by an ASGI middleware
 (`GenerationRoutes`) straight from the ASGI messages: the body is relayed, not modelled, and
-skipping FastAPI's routing and request machinery takes about 100 µs of CPU off every request
-(a third of what serving it costs without the node calls). The middleware sits inside the
+skipping FastAPI's routing and request machinery cuts the HTTP layer's CPU per request from
+about 150 µs to about 55 µs (measured without the node calls). The middleware sits inside the
 body-size limit and Starlette's error handling, and passes every other request on.
 `GET /v1/models` is an ordinary FastAPI route.
 """
