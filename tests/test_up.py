@@ -71,6 +71,25 @@ def test_up_starts_the_fleet_and_sigterm_stops_every_process(tmp_path):
         up.stop()
 
 
+@pytest.mark.timeout(180)
+def test_children_stop_when_up_itself_is_killed(tmp_path):
+    config, router_url = fleet_config(tmp_path)
+    up = Process(up_command(config))
+    children: list[psutil.Process] = []
+    try:
+        wait_http_ok(f"{router_url}/health", up, timeout=STARTUP_S)
+        children = psutil.Process(up.proc.pid).children()
+        assert len(children) == 3
+        os.kill(up.proc.pid, signal.SIGKILL)  # no chance to clean up
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == [], f"orphans: {alive}"
+    finally:
+        up.stop()
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+
 @pytest.mark.timeout(60)
 def test_up_refuses_ports_in_use_before_starting_anything(tmp_path):
     config, router_url = fleet_config(tmp_path)
