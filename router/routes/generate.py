@@ -11,7 +11,8 @@ body-size limit and Starlette's error handling, and passes every other request o
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -27,6 +28,7 @@ router = APIRouter()
 
 GENERATION_PATHS = frozenset(("/generate", "/v1/completions", "/v1/chat/completions"))
 JSON = b"application/json"
+T = TypeVar("T")
 
 
 class GenerationRoutes:
@@ -47,14 +49,23 @@ class GenerationRoutes:
             return  # the client left before sending its request
         try:
             payload, stream = parse_request(body)
-            result = await state.proxy.generate(path, payload, body, stream)
         except GenerationError as exc:
             await send_error(send, exc)
             return
-        if isinstance(result, DecodeStream):
-            await relay(result, receive, send)
-        else:
-            await send_reply(send, result)
+        # A client that leaves cancels the node calls, streaming or not.
+        gone = asyncio.ensure_future(_client_gone(receive))
+        try:
+            result = await _unless_gone(state.proxy.generate(path, payload, body, stream), gone)
+            if result is None:
+                return
+            if isinstance(result, DecodeStream):
+                await relay(result, gone, send)
+            else:
+                await send_reply(send, result)
+        except GenerationError as exc:
+            await send_error(send, exc)
+        finally:
+            gone.cancel()
 
 
 def parse_request(body: bytes) -> tuple[dict[str, Any], bool]:
@@ -107,16 +118,26 @@ async def send_error(send: Send, exc: GenerationError,
     await send_body(send, exc.status, orjson.dumps(exc.body()), JSON, {**headers, **(extra or {})})
 
 
-async def relay(stream: DecodeStream, receive: Receive, send: Send) -> None:
+async def _unless_gone(work: Awaitable[T], gone: asyncio.Future[None]) -> T | None:
+    """`work`'s result, or None once the client has gone (then `work` is cancelled, and with
+    it every node call it made)."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+async def relay(stream: DecodeStream, gone: asyncio.Future[None], send: Send) -> None:
     """Send the decode stream to the client chunk by chunk until it ends or the client
     leaves; either way the stream is closed, which ends both node calls."""
     pump = asyncio.ensure_future(_pump(stream, send))
-    gone = asyncio.ensure_future(_client_gone(receive))
     try:
         await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
         pump.cancel()
-        gone.cancel()
         stream.close()
     if pump.done() and not pump.cancelled():
         pump.result()  # a failure of our own, for Starlette's error handling

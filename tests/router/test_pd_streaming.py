@@ -79,6 +79,24 @@ async def test_client_disconnect_cancels_both_node_calls(stub_nodes, router, htt
     await eventually(lambda: no_outstanding(http, r.url))
 
 
+async def test_client_disconnect_cancels_both_node_calls_without_streaming(
+        stub_nodes, router, http):
+    stubs = stub_nodes([{"mode": "hang"}, {"mode": "hang"}])
+    r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
+    request = asyncio.ensure_future(http.post(f"{r.url}/generate", json={"text": "x"}))
+    await eventually(lambda: has_calls(http, stubs.urls[0]))
+    await eventually(lambda: has_calls(http, stubs.urls[1]))
+    request.cancel()  # the client goes away while both nodes work
+    await asyncio.gather(request, return_exceptions=True)
+    await eventually(lambda: disconnected(http, stubs.urls[0]))
+    await eventually(lambda: disconnected(http, stubs.urls[1]))
+    await eventually(lambda: no_outstanding(http, r.url))
+
+
+async def has_calls(http: aiohttp.ClientSession, stub_url: str) -> bool:
+    return bool(await calls(http, stub_url))
+
+
 async def test_prefill_failure_mid_stream_ends_it_with_an_error_event(stub_nodes, router, http):
     prefill = {"routes": {"/v1/chat/completions": {"delay": 0.5, "status": 503,
                                                    "body": "text"}}}
