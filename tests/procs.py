@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,13 +33,28 @@ def closed_port() -> int:
 
 
 class Process:
+    """A child process in its own process group; its output is kept for error messages
+    unless `stdout` says where it goes."""
+
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 stdout: int | None = subprocess.DEVNULL) -> None:
+                 stdout: int | None = None) -> None:
         self.args = args
+        self.log = tempfile.TemporaryFile() if stdout is None else None
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=stdout,
-            stderr=None, start_new_session=True,
+            args, cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=self.log if self.log is not None else stdout,
+            stderr=subprocess.STDOUT if self.log is not None else None,
+            start_new_session=True,
         )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
 
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:
@@ -57,7 +73,8 @@ def wait_http_ok(url: str, proc: Process, timeout: float = 30) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.proc.returncode}")
+            raise RuntimeError(
+                f"{proc.args} exited with {proc.proc.returncode}:\n{proc.output()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -65,7 +82,7 @@ def wait_http_ok(url: str, proc: Process, timeout: float = 30) -> None:
         except (urllib.error.URLError, OSError) as exc:
             last = exc
         time.sleep(0.05)  # polling interval for readiness, not synchronization
-    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+    raise TimeoutError(f"{url} not ready after {timeout}s: {last}\n{proc.output()}")
 
 
 class StubNodes:

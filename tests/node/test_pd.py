@@ -10,7 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.node.conftest import NodeProcess, StartNode, free_port, sse_events, wait_for_info
+from tests.node.conftest import NodeProcess, StartNode, sse_events, wait_for_info
+from tests.procs import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
