@@ -50,7 +50,9 @@ class NodeReply:
 def new_session() -> aiohttp.ClientSession:
     # limit=0: a fan-out to hundreds of nodes must not queue behind a connection cap.
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+    # No cookie jar: a node's cookies must not be kept and replayed on other clients' requests.
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                 timeout=aiohttp.ClientTimeout(total=None))
 
 
 def describe(exc: BaseException) -> str:
