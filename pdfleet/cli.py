@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import aiohttp
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -18,9 +20,13 @@ TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
 DEFAULT_CONFIG = Path(__file__).with_name("local.yaml")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+# Logs and pipes get wide tables; a terminal gets its own width.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
+
+OPERATION_NAMES = {"release_memory_occupation": "release",
+                   "resume_memory_occupation": "resume", "flush_cache": "flush"}
 
 RouterOpt = Annotated[
     str, typer.Option("--router", envvar="PDFLEET_ROUTER", help="Router base URL.")
@@ -111,6 +117,10 @@ def _call_router(method: str, url: str, payload: Any = None, wait_s: float = 30)
         raise typer.Exit(2) from None
 
 
+def _node_name(url: str) -> str:
+    return url.removeprefix("http://")
+
+
 def _fmt_bytes(value: Any) -> str:
     if not isinstance(value, int | float):
         return "-"
@@ -141,19 +151,21 @@ def _control(operation: str, tags: str | None, timeout: float | None, router_url
         detail = body.get("detail", body) if isinstance(body, dict) else body
         err_console.print(f"[red]router refused ({status}):[/red] {detail}")
         raise typer.Exit(2)
-    table = Table(title=f"{operation}: {len(rows)} ok, {len(failures)} failed")
-    for column in ("node", "role", "result", "status / error", "elapsed", "freed / restored"):
+    table = Table(title=f"{operation}: {len(rows)} ok, {len(failures)} failed",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("node", no_wrap=True)
+    for column in ("role", "result", "status / error", "elapsed", "freed / restored"):
         table.add_column(column)
     for row in rows:
         result = row.get("result") or {}
         moved = result.get("freed_bytes", result.get("restored_bytes")) if isinstance(
             result, dict) else None
-        table.add_row(row["server"], row.get("role", ""), "[green]ok[/green]",
+        table.add_row(_node_name(row["server"]), row.get("role", ""), "[green]ok[/green]",
                       str(row.get("status", "")), f"{row.get('elapsed_ms', 0):.0f} ms",
                       _fmt_bytes(moved))
     for row in failures:
         why = row.get("error") or f"{row.get('status')}: {row.get('detail', '')}"
-        table.add_row(row["server"], row.get("role", ""), "[red]failed[/red]", why,
+        table.add_row(_node_name(row["server"]), row.get("role", ""), "[red]failed[/red]", why,
                       f"{row.get('elapsed_ms', 0):.0f} ms", "-")
     console.print(table)
     raise typer.Exit(1 if failures else 0)
@@ -192,17 +204,18 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
         return
     summary = body["summary"]
     table = Table(title=(f"{summary['total']} nodes: {summary['up']} up, {summary['down']} down, "
-                         f"{summary['sleeping']} sleeping"))
-    for column in ("node", "role", "health", "sleeping", "released", "memory used / total",
-                   "inflight", "last op", "last error"):
+                         f"{summary['sleeping']} sleeping"), box=box.SIMPLE_HEAD)
+    table.add_column("node", no_wrap=True)
+    for column in ("role", "health", "asleep", "released", "memory used", "in flight",
+                   "last op", "last error"):
         table.add_column(column)
     for n in body["nodes"]:
         memory = n["memory"] if isinstance(n["memory"], dict) else {}
         released = n["released_tags"]
         table.add_row(
-            n["server"], n["role"], n["health"], str(n["sleeping"]),
+            _node_name(n["server"]), n["role"], n["health"], str(n["sleeping"]),
             ",".join(released) if isinstance(released, list) else str(released),
-            f"{_fmt_bytes(memory.get('used_bytes'))} / {_fmt_bytes(memory.get('total_bytes'))}",
-            str(n["inflight"]), n["last_op"] or "-", (n["last_error"] or "-")[:80],
+            _fmt_bytes(memory.get("used_bytes")), str(n["inflight"]),
+            OPERATION_NAMES.get(n["last_op"], n["last_op"] or "-"), n["last_error"] or "-",
         )
     console.print(table)
