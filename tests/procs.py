@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -13,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,13 @@ def wait_http_ok(url: str, proc: Process, timeout: float = 30) -> None:
             last = exc
         time.sleep(0.05)  # polling interval for readiness, not synchronization
     raise TimeoutError(f"{url} not ready after {timeout}s: {last}\n{proc.output()}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10) -> None:
+    """Poll `check` until it holds: a bounded wait for another process to act."""
+    async with asyncio.timeout(within_s):
+        while not await check():
+            await asyncio.sleep(0.02)
 
 
 class StubNodes:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import Process, free_port, wait_http_ok
+from tests.procs import Process, eventually, free_port, wait_http_ok
 
 STARTUP_DEADLINE_S = 60.0
 
@@ -111,15 +111,13 @@ async def wait_for_info(
     timeout_s: float = 10.0,
 ) -> dict[str, Any]:
     """Poll /get_server_info until `predicate` holds (bounded by `timeout_s`)."""
-    import asyncio
+    info: dict[str, Any] = {}
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
+    async def holds() -> bool:
+        nonlocal info
         async with http.get(f"{node.url}/get_server_info") as reply:
             info = await reply.json()
-        if predicate(info):
-            return info
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not reached within {timeout_s}s; last info: {info}")
-        await asyncio.sleep(0.05)
+        return predicate(info)
+
+    await eventually(holds, timeout_s)
+    return info

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -29,13 +27,6 @@ async def calls(http: aiohttp.ClientSession, stub_url: str) -> list[dict[str, An
         except ValueError:
             entry["json"] = None
     return entries
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10) -> None:
-    """Poll `check` until it holds; a bounded wait for another process to act."""
-    async with asyncio.timeout(within_s):
-        while not await check():
-            await asyncio.sleep(0.02)
 
 
 async def cluster_nodes(http: aiohttp.ClientSession, router_url: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.procs import closed_port
+from tests.procs import closed_port, eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,6 +37,10 @@ async def post(http: aiohttp.ClientSession, url: str, body: Any = None, *,
 async def received(http: aiohttp.ClientSession, stub_url: str) -> list[dict[str, Any]]:
     async with http.get(f"{stub_url}/_stub/requests") as resp:
         return await resp.json()
+
+
+async def has_received(http: aiohttp.ClientSession, stub_url: str) -> bool:
+    return bool(await received(http, stub_url))
 
 
 async def test_all_nodes_ok_gives_200_report_with_each_node_result(stub_nodes, router, http):
@@ -257,9 +261,7 @@ async def test_overlapping_operation_gets_409(stub_nodes, router, http):
     r = router(nodes_of(stubs.urls))
     first = asyncio.create_task(post(http, r.url + RELEASE))
     # the first operation is running once the node has received its call
-    async with asyncio.timeout(10):
-        while not await received(http, stubs.urls[0]):
-            await asyncio.sleep(0.02)
+    await eventually(lambda: has_received(http, stubs.urls[0]))
     status, body, _ = await post(http, r.url + "/resume_memory_occupation")
     assert status == 409 and "release_memory_occupation" in body["detail"]
     status, _, _ = await first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.procs import ROOT, closed_port
+from tests.procs import ROOT, closed_port, eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,12 +23,12 @@ async def status_of(http: aiohttp.ClientSession, router_url: str) -> dict[str, d
 
 async def wait_polled(http: aiohttp.ClientSession, router_url: str, url: str) -> dict[str, Any]:
     """Return a node's status once the background poller has checked it."""
-    async with asyncio.timeout(10):
-        while True:
-            node = (await status_of(http, router_url))[url]
-            if node["checked_at"] is not None:
-                return node
-            await asyncio.sleep(0.05)
+
+    async def polled() -> bool:
+        return (await status_of(http, router_url))[url]["checked_at"] is not None
+
+    await eventually(polled)
+    return (await status_of(http, router_url))[url]
 
 
 async def test_status_shows_unreachable_node_as_unreachable(stub_nodes, router, http):
@@ -78,9 +77,11 @@ async def test_poll_shows_node_awake_after_it_woke_on_its_own(stub_nodes, router
     assert (await status_of(http, r.url))[stubs.urls[0]]["sleeping"] is True
     async with http.post(f"{stubs.urls[0]}/resume_memory_occupation", json={}) as resp:
         assert resp.status == 200  # woken behind the router's back
-    async with asyncio.timeout(10):
-        while (await status_of(http, r.url))[stubs.urls[0]]["sleeping"]:
-            await asyncio.sleep(0.05)
+
+    async def awake() -> bool:
+        return (await status_of(http, r.url))[stubs.urls[0]]["sleeping"] is False
+
+    await eventually(awake)
 
 
 async def test_workers_can_be_listed_added_and_removed(stub_nodes, router, http):

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.procs import StubNodes
+from tests.procs import StubNodes, eventually
 from tests.router.pd_support import (
     BOOTSTRAP_PORT,
     calls,
     cluster_nodes,
     disconnected,
-    eventually,
     no_outstanding,
     pd_fleet,
 )

@@ -10,7 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.router.pd_support import calls, disconnected, eventually, no_outstanding, pd_fleet
+from tests.procs import eventually
+from tests.router.pd_support import calls, disconnected, no_outstanding, pd_fleet
 
 pytestmark = pytest.mark.timeout(60)
 
