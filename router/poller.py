@@ -61,10 +61,11 @@ class StatusPoller:
         deadline = asyncio.get_running_loop().time() + self._settings.poll_timeout_s
         started = time.perf_counter()
         sleeping_reply, info_reply = await asyncio.gather(
+            # No retry of a refused poll: the next poll is the retry.
             call_node(self._session, "GET", f"{node.url}/is_sleeping",
-                      deadline=deadline, max_body=POLL_MAX_BYTES),
+                      deadline=deadline, max_body=POLL_MAX_BYTES, retry_refused=False),
             call_node(self._session, "GET", f"{node.url}/get_server_info",
-                      deadline=deadline, max_body=POLL_MAX_BYTES),
+                      deadline=deadline, max_body=POLL_MAX_BYTES, retry_refused=False),
             return_exceptions=True,
         )
         latency_ms = (time.perf_counter() - started) * 1000
