@@ -54,10 +54,6 @@ class Admission:
         self._idle.set()
 
     @property
-    def is_open(self) -> bool:
-        return self._closed_reason is None
-
-    @property
     def closed_reason(self) -> str | None:
         return self._closed_reason
 

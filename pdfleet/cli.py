@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,8 +14,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from router.security import admin_token_from_env
+
 DEFAULT_ROUTER = "http://127.0.0.1:8000"
-TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
 DEFAULT_CONFIG = Path(__file__).with_name("local.yaml")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -60,7 +60,7 @@ def router(
         fleet.router.host = host
     if port is not None:
         fleet.router.port = port
-    serve(fleet, os.environ.get(TOKEN_ENV) or None, insecure_no_auth)
+    serve(fleet, admin_token_from_env(), insecure_no_auth)
 
 
 @app.command()
@@ -94,7 +94,7 @@ def node(ctx: typer.Context) -> None:
 
 
 def _headers() -> dict[str, str]:
-    token = os.environ.get(TOKEN_ENV)
+    token = admin_token_from_env()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
