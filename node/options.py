@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from node.engine.tokenizer import VOCAB_SIZE
+from node.faults.rules import parse_rule
 
 Role = Literal["prefill", "decode", "mixed"]
 Device = Literal["cpu", "cuda"]
@@ -100,6 +101,8 @@ class NodeOptions(BaseModel):
             raise ValueError("bootstrap_port must differ from port")
         if self.faults and not self.enable_fault_injection:
             raise ValueError("fault rules need enable_fault_injection")
+        for rule in self.faults:
+            parse_rule(rule)  # a malformed rule stops the node at start, naming the key
         shape = self.model_shape  # raises on an unknown model_size
         if shape.width % shape.heads or shape.head_dim % 2:
             raise ValueError(f"width {shape.width} must split into {shape.heads} even-sized heads")

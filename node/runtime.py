@@ -16,6 +16,7 @@ from node.engine.engine import Engine
 from node.engine.kv_pool import KVPool
 from node.engine.model import ModelConfig, Transformer, TransformerWeights
 from node.engine.tokenizer import VOCAB_SIZE
+from node.faults.rules import RESUME_KINDS, FaultSet, parse_rule
 from node.generation import GenerationService
 from node.memory.backends import make_backend
 from node.memory.controller import MemoryController
@@ -74,8 +75,18 @@ class NodeRuntime:
         )
         # health_generate probes the local model whatever the role.
         self.local_service = GenerationService("mixed", self.engine, self.admission)
+        self.faults = (
+            FaultSet(parse_rule(rule) for rule in options.faults)
+            if options.enable_fault_injection
+            else None
+        )
         self.controller = MemoryController(
-            self.backend, self.engine, self.admission, options.drain_timeout_s, self._clear_kv_state
+            self.backend,
+            self.engine,
+            self.admission,
+            options.drain_timeout_s,
+            self._clear_kv_state,
+            oom_injected=self._oom_injected,
         )
         log.info(
             "node ready: role=%s device=%s backend=%s model=%s weights=%d bytes kv=%d bytes",
@@ -86,6 +97,9 @@ class NodeRuntime:
             self.backend.region_bytes(MemoryTag.WEIGHTS),
             self.backend.region_bytes(MemoryTag.KV_CACHE),
         )
+
+    def _oom_injected(self) -> bool:
+        return self.faults is not None and self.faults.take(None, RESUME_KINDS) is not None
 
     def _clear_kv_state(self) -> None:
         """The KV pool was zeroed or flushed: forget everything that pointed into it."""

@@ -17,6 +17,8 @@ from fastapi import FastAPI
 
 from node.api import generate, memory, openai, status
 from node.api.errors import install_error_handlers
+from node.faults.admin import admin_router
+from node.faults.inject import FaultMiddleware, FaultProtocol
 from node.options import NodeOptions
 from node.pd.bootstrap import create_bootstrap_app
 from node.runtime import NodeRuntime
@@ -77,6 +79,9 @@ def create_app(options: NodeOptions, runtime: NodeRuntime | None = None) -> Fast
     install_error_handlers(app)
     for module in (generate, openai, memory, status):
         app.include_router(module.router)
+    if runtime.faults is not None:
+        app.add_middleware(FaultMiddleware, faults=runtime.faults)
+        app.include_router(admin_router(runtime.faults, options.admin_token))
     return app
 
 
@@ -92,6 +97,7 @@ def serve(options: NodeOptions) -> None:
         port=options.port,
         log_level=options.log_level,
         access_log=False,
+        http=FaultProtocol if options.enable_fault_injection else "auto",
         # Streams still open at shutdown are cut after this long rather than waited for.
         timeout_graceful_shutdown=5,
     )

@@ -64,12 +64,15 @@ class MemoryController:
         admission: Admission,
         drain_timeout_s: float,
         on_kv_cache_cleared: Callable[[], None],
+        oom_injected: Callable[[], bool] = lambda: False,
     ) -> None:
         self._backend = backend
         self._engine = engine
         self._admission = admission
         self._drain_timeout_s = drain_timeout_s
         self._on_kv_cache_cleared = on_kv_cache_cleared
+        # Fault injection (oom_on_resume): the next resume finds the device full.
+        self._oom_injected = oom_injected
         self._state = NodeState.SERVING
         self._released: set[MemoryTag] = set()
 
@@ -198,6 +201,8 @@ class MemoryController:
         needed = sum(self._backend.region_bytes(tag) for tag in tags)
         margin = self._backend.resume_margin_bytes
         free = self._backend.stats().reading.free_bytes
+        if self._oom_injected():
+            free = 0
         if needed + margin > free:
             raise InsufficientMemory(
                 f"not enough free memory to resume {[t.value for t in tags]}: needs {needed} bytes "
