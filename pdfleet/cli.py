@@ -219,3 +219,29 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
             OPERATION_NAMES.get(n["last_op"], n["last_op"] or "-"), n["last_error"] or "-",
         )
     console.print(table)
+
+
+@app.command()
+def faultproxy(
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")],
+    upstream: Annotated[str, typer.Option(help="Base URL of the node behind the proxy.")],
+    fault: Annotated[list[str] | None, typer.Option(
+        "--fault", help="Fault rule (repeatable), e.g. route=/flush_cache,kind=status,code=500."
+    )] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the rules' `p` draws.")] = None,
+) -> None:
+    """Fault rules in front of any HTTP node; everything else passes through unchanged."""
+    from node.faults.rules import FaultRuleError, FaultSet, parse_rule
+    from pdfleet.faultproxy import ProxySettings, serve
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not upstream.startswith(("http://", "https://")):
+        err_console.print("[red]usage:[/red] --listen HOST:PORT --upstream http://HOST:PORT")
+        raise typer.Exit(2)
+    try:
+        faults = FaultSet((parse_rule(rule) for rule in fault or []), seed=seed)
+    except FaultRuleError as exc:
+        err_console.print(f"[red]bad --fault:[/red] {exc}")
+        raise typer.Exit(2) from None
+    serve(ProxySettings(host=host.strip("[]"), port=int(port), upstream=upstream,
+                        admin_token=admin_token_from_env()), faults)
