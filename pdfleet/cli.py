@@ -245,3 +245,26 @@ def faultproxy(
         raise typer.Exit(2) from None
     serve(ProxySettings(host=host.strip("[]"), port=int(port), upstream=upstream,
                         admin_token=admin_token_from_env()), faults)
+
+
+DEFAULT_SCENARIOS = Path(__file__).resolve().parent.parent / "configs" / "chaos.yaml"
+
+
+@app.command()
+def chaos(
+    scenarios: Annotated[Path, typer.Option(help="Scenario file (YAML).")] = DEFAULT_SCENARIOS,
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here.")] = None,
+    json_report: Annotated[Path | None, typer.Option(
+        "--json", help="Write the JSON report here.")] = None,
+    router: Annotated[str | None, typer.Option(
+        "--router", help="Run against this fleet instead of starting a local one.")] = None,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds each local process may take to answer /health.")
+    ] = 180,
+) -> None:
+    """Run failure scenarios against a fleet; exit 0 only when every one matched."""
+    from pdfleet.chaos.command import run
+
+    code = run(scenarios, junit, json_report, router, ready_timeout, console,
+               lambda message: err_console.print(f"[red]{message}[/red]"))
+    raise typer.Exit(code)

@@ -72,6 +72,22 @@ async def _hang(scope: Scope, receive: Receive, cleared: asyncio.Event) -> None:
     _reset(scope)
 
 
+async def _read_ahead(receive: Receive) -> Receive:
+    """Read the whole request body now and replay it to the app later: a delayed node had
+    the request in hand, so what it was asked to do happens even if the client gave up."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
 def status_reply(rule: FaultRule) -> tuple[str, int, Callable[[], Any]]:
     """Content type, length and a chunk generator for a `status` fault's body."""
     message = f"injected fault: status {rule.code}"
@@ -176,8 +192,9 @@ class FaultMiddleware:
             return
         match rule.kind:
             case FaultKind.DELAY:
+                replay = await _read_ahead(receive)
                 await asyncio.sleep(rule.seconds)
-                await self.app(scope, receive, send)
+                await self.app(scope, replay, send)
             case FaultKind.HANG:
                 await _hang(scope, receive, self.faults.cleared)
             case FaultKind.STATUS:

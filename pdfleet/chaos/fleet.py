@@ -1,0 +1,225 @@
+"""The fleet under test: node names mapped to URLs, started here (`start_local`, through
+`pdfleet up`'s launcher) or found behind `--router`; fault admin calls to each node, and the
+reset between scenarios (faults cleared, crashed nodes restarted, fleet awake)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from rich.console import Console
+
+from node.faults.rules import parse_rule
+from pdfleet.chaos.scenario import ControlCall, FleetSpec, UnreachableNode
+from pdfleet.launcher import Child, LaunchError, LocalFleet
+from router.config import FleetConfig, NodeSpec, Role, RouterSettings
+from router.security import admin_token_from_env
+
+CONTROL_PATHS = {"release": "release_memory_occupation", "resume": "resume_memory_occupation",
+                 "flush": "flush_cache"}
+ADMIN_CALL_S = 10.0
+RESTART_READY_S = 120.0
+POLL_S = 0.1
+
+
+class FleetUnavailable(Exception):
+    """The fleet could not be started or reached (exit 2)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _local_config(spec: FleetSpec) -> FleetConfig:
+    """The fleet of the scenario file on free ports, every node with fault injection on."""
+    settings = {"poll_interval_s": 0.5, "poll_timeout_s": 1.0, **spec.router,
+                "host": "127.0.0.1", "port": _free_port()}
+    nodes = []
+    for node in spec.nodes:
+        launch = {"device": "cpu", "memory_backend": "cpu", **node.launch,
+                  "enable_fault_injection": True}
+        nodes.append(NodeSpec(
+            url=f"http://127.0.0.1:{_free_port()}", role=node.role, launch=launch,
+            bootstrap_port=_free_port() if node.role is Role.PREFILL else None))
+    return FleetConfig(router=RouterSettings.model_validate(settings), nodes=nodes)
+
+
+def start_local(spec: FleetSpec, console: Console, ready_timeout_s: float
+                ) -> tuple[LocalFleet, dict[str, str], dict[str, Child]]:
+    """Start the fleet; its router URL is `fleet.router_url`. FleetUnavailable on failure."""
+    try:
+        config = _local_config(spec)
+    except ValueError as exc:
+        raise FleetUnavailable(f"fleet.router: {exc}") from None
+    path = Path(tempfile.mkdtemp(prefix="pdfleet-chaos-")) / "fleet.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    fleet = LocalFleet(config, path, console)
+    try:
+        fleet.start(ready_timeout_s)
+    except LaunchError as exc:
+        fleet.stop()
+        raise FleetUnavailable(f"{exc}\n(logs in {fleet.log_dir})") from None
+    urls = {node.name: spec_node.url for node, spec_node in zip(spec.nodes, config.nodes,
+                                                                  strict=True)}
+    children = {node.name: child for node, child in zip(spec.nodes, fleet.nodes, strict=True)}
+    return fleet, urls, children
+
+
+@dataclass
+class ControlReply:
+    status: int
+    body: Any
+    elapsed_s: float
+
+
+def admin_headers() -> dict[str, str]:
+    token = admin_token_from_env()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class Fleet:
+    def __init__(self, router_url: str, urls: dict[str, str], session: aiohttp.ClientSession,
+                 children: dict[str, Child] | None = None) -> None:
+        self.router_url = router_url.rstrip("/")
+        self.urls = dict(urls)
+        self.session = session
+        self._children = children or {}
+        self._headers = admin_headers()
+
+    @classmethod
+    async def connect(cls, router_url: str, spec: FleetSpec,
+                      session: aiohttp.ClientSession) -> Fleet:
+        """Name the router's nodes as the scenario file does. FleetUnavailable if the router
+        cannot be reached or lacks a node the file names."""
+        try:
+            async with session.get(f"{router_url.rstrip('/')}/workers",
+                                   timeout=aiohttp.ClientTimeout(total=ADMIN_CALL_S)) as resp:
+                workers = (await resp.json())["workers"] if resp.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+            raise FleetUnavailable(f"router {router_url} unreachable: {exc!r}") from None
+        if workers is None:
+            raise FleetUnavailable(f"router {router_url}: GET /workers answered {resp.status}")
+        free = {role: [w["url"] for w in workers if w["role"] == role] for role in Role}
+        urls: dict[str, str] = {}
+        for node in spec.nodes:
+            url = node.url.rstrip("/") if node.url else (
+                free[node.role].pop(0) if free[node.role] else None)
+            if url is None:
+                raise FleetUnavailable(
+                    f"router {router_url} has no {node.role.value} node left for {node.name!r}")
+            urls[node.name] = url
+        return cls(router_url, urls, session)
+
+    async def _call(self, method: str, url: str, payload: Any = None,
+                    timeout_s: float = ADMIN_CALL_S) -> tuple[int, Any]:
+        async with self.session.request(method, url, json=payload, headers=self._headers,
+                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            text = await resp.text(errors="replace")
+        try:
+            return resp.status, json.loads(text) if text else None
+        except ValueError:
+            return resp.status, text
+
+    async def add_faults(self, name: str, rules: list[str]) -> None:
+        for rule in rules:
+            status, body = await self._call("POST", f"{self.urls[name]}/_admin/faults",
+                                            parse_rule(rule).spec())
+            if status != 201:
+                raise RuntimeError(f"{name}: adding fault {rule!r} answered {status}: {body}")
+
+    async def clear_faults(self) -> list[str]:
+        """Delete every node's rules; the problems met (a node down is not one)."""
+        problems = []
+        for name, url in self.urls.items():
+            try:
+                status, body = await self._call("DELETE", f"{url}/_admin/faults")
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                continue
+            if status != 200:
+                problems.append(f"{name}: DELETE /_admin/faults answered {status}: {body}")
+        return problems
+
+    async def released_tags(self, name: str) -> list[str] | None:
+        """The node's own released tags; None when it cannot be reached."""
+        try:
+            status, body = await self._call("GET", f"{self.urls[name]}/is_sleeping")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"{name}: GET /is_sleeping answered {status}: {body}")
+        return sorted(body.get("released_tags") or [])
+
+    async def add_unreachable(self, node: UnreachableNode) -> None:
+        url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there once the probe closes
+        status, body = await self._call("POST", f"{self.router_url}/workers",
+                                        {"url": url, "role": node.role.value})
+        if status != 201:
+            raise RuntimeError(f"registering {node.name} on the router answered {status}: {body}")
+        self.urls[node.name] = url
+
+    async def remove_unreachable(self, node: UnreachableNode) -> None:
+        url = self.urls.pop(node.name, None)
+        if url is not None:
+            await self._call("DELETE", f"{self.router_url}/workers?url={url}")
+
+    async def control(self, operation: str, call: ControlCall,
+                      control_timeout_s: float) -> ControlReply:
+        query = "&".join(f"{k}={v}" for k, v in call.query.items())
+        url = f"{self.router_url}/{CONTROL_PATHS[operation]}" + (f"?{query}" if query else "")
+        payload = {"tags": call.tags} if call.tags else {}
+        wait_s = float(call.query.get("timeout", control_timeout_s)) + 30
+        started = time.monotonic()
+        status, body = await self._call("POST", url, payload, timeout_s=wait_s)
+        return ControlReply(status, body, time.monotonic() - started)
+
+    async def restart_crashed(self) -> list[str]:
+        """Restart every node this harness launched that has exited; their names."""
+        restarted = []
+        for name, child in self._children.items():
+            if child.exit_code() is None:
+                continue
+            child.start()
+            deadline = time.monotonic() + RESTART_READY_S
+            while not await asyncio.to_thread(child.answers_health):
+                if child.exit_code() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not come back after a restart:\n"
+                                       f"{child.log_tail()}")
+                await asyncio.sleep(POLL_S)
+            restarted.append(name)
+        return restarted
+
+    async def router_view(self) -> list[dict[str, Any]]:
+        status, body = await self._call("GET", f"{self.router_url}/cluster/status")
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"GET /cluster/status answered {status}: {body}")
+        return list(body["nodes"])
+
+    async def wake(self, within_s: float) -> None:
+        """Resume every node and wait until the router sees each one up and awake."""
+        asleep = [name for name in self.urls if await self.released_tags(name)]
+        if asleep:
+            reply = await self.control("resume", ControlCall(), within_s)
+            if reply.status != 200:
+                raise RuntimeError(f"waking the fleet answered {reply.status}: {reply.body}")
+        deadline = time.monotonic() + within_s
+        wanted = set(self.urls.values())
+        while True:
+            view = await self.router_view()
+            lagging = [n["server"] for n in view if n["server"] in wanted
+                       and (n.get("health") != "up" or n.get("sleeping") is not False)]
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not up and awake in the router's view after {within_s} s: "
+                                   f"{', '.join(lagging)}")
+            await asyncio.sleep(POLL_S)

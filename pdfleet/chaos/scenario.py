@@ -1,0 +1,235 @@
+"""The scenario file: YAML validated like the fleet config, an unknown key is an error naming
+it. Fault rules are parsed here too, so a bad rule fails before any fleet is started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from node.faults.rules import FaultRuleError, parse_rule
+from router.config import Role, describe_validation_error
+
+ErrorKind = Literal["refused", "reset", "timeout", "other"]
+OPERATIONS = ("release", "resume", "flush", "traffic")
+MAX_TRAFFIC_S = 300.0
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FleetNode(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    role: Role
+    # With --router: which of the router's nodes this is (default: the next one of its role).
+    url: str | None = None
+    # For a local fleet: extra `pdfleet node` options.
+    launch: dict[str, Any] = {}
+
+
+class FleetSpec(_Strict):
+    nodes: list[FleetNode] = Field(default_factory=lambda: [
+        FleetNode(name="prefill", role=Role.PREFILL), FleetNode(name="decode", role=Role.DECODE)])
+    # For a local fleet: router settings (as in the fleet config) other than host and port.
+    router: dict[str, Any] = {}
+
+
+class ControlCall(_Strict):
+    tags: list[str] | None = None
+    query: dict[str, str | int | float] = {}
+
+
+class Traffic(_Strict):
+    """Greedy generation through the router; each reply is checked against the reference
+    tokens for its prompt, taken first. Bounded by `requests` or `seconds`, whichever comes
+    first, and in any case it lasts until the sleep/wake cycles are done."""
+
+    requests: int | None = Field(None, ge=1, le=5000)
+    seconds: float | None = Field(None, gt=0, le=MAX_TRAFFIC_S)
+    concurrency: int = Field(4, ge=1, le=64)
+    max_new_tokens: int = Field(8, ge=1, le=256)
+    prompts: list[str] = Field(default_factory=lambda: [
+        "The quick brown fox", "Once upon a time", "pdfleet sleeps and wakes"], min_length=1)
+    stream: bool = False
+    sleep_wake_cycles: int = Field(0, ge=0, le=50)
+    cycle_tags: list[str] | None = None
+    # How long the fleet stays asleep in each cycle.
+    asleep_s: float = Field(0.5, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Traffic:
+        if self.requests is None and self.seconds is None:
+            raise ValueError("traffic needs `requests` or `seconds` (it must be bounded)")
+        return self
+
+
+class NodeFailure(_Strict):
+    status: int | None = Field(None, ge=100, le=599)
+    error: ErrorKind | None = None
+    detail_contains: str | None = None
+    detail_max_chars: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> NodeFailure:
+        if (self.status is None) == (self.error is None):
+            raise ValueError("a node failure is either `status: CODE` or `error: KIND`")
+        return self
+
+
+class Bounds(_Strict):
+    min: float | None = Field(None, ge=0)
+    max: float | None = Field(None, gt=0)
+
+
+class TrafficExpect(_Strict):
+    min_completed: int = Field(1, ge=0)
+
+
+class StepExpect(_Strict):
+    status: int | None = None
+    # Exactly these nodes fail, each as described; every other node succeeds.
+    failed: dict[str, NodeFailure] | None = None
+    elapsed_s: Bounds | None = None
+    reply_contains: list[str] = []
+    traffic: TrafficExpect = TrafficExpect()
+
+
+class WaitFor(_Strict):
+    """Before the step: poll the nodes until they report these released tags."""
+
+    released_tags: dict[str, list[str]]
+    within_s: float = Field(30, gt=0, le=300)
+
+
+class Step(_Strict):
+    faults: dict[str, list[str]] = {}
+    clear_faults: bool = False
+    wait_for: WaitFor | None = None
+    release: ControlCall | None = None
+    resume: ControlCall | None = None
+    flush: ControlCall | None = None
+    traffic: Traffic | None = None
+    expect: StepExpect = StepExpect()
+
+    @model_validator(mode="after")
+    def _one_operation(self) -> Step:
+        given = [name for name in OPERATIONS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a step has exactly one operation of {', '.join(OPERATIONS)}; "
+                             f"got {', '.join(given) or 'none'}")
+        return self
+
+    @property
+    def operation(self) -> str:
+        return next(name for name in OPERATIONS if getattr(self, name) is not None)
+
+    def describe(self) -> str:
+        call = getattr(self, self.operation)
+        if isinstance(call, ControlCall):
+            query = "&".join(f"{k}={v}" for k, v in call.query.items())
+            tags = f" tags={','.join(call.tags)}" if call.tags else ""
+            return f"{self.operation}{tags}{' ?' + query if query else ''}"
+        return self.operation
+
+
+class UnreachableNode(_Strict):
+    """A node registered on the router for this scenario at a port nothing listens on."""
+
+    name: str
+    role: Role
+
+
+class Final(_Strict):
+    """Checked after the steps, once the faults are cleared, by asking each node."""
+
+    released_tags: dict[str, list[str]] = {}
+    down: list[str] = []
+
+
+class Scenario(_Strict):
+    name: str
+    description: str = ""
+    faults: dict[str, list[str]] = {}
+    unreachable_nodes: list[UnreachableNode] = []
+    steps: list[Step] = Field(min_length=1)
+    final: Final = Final()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_operation(cls, data: Any) -> Any:
+        """`release:`/`resume:`/`flush:`/`traffic:` and `expect:` at the top level are a
+        scenario of one step."""
+        if not isinstance(data, dict):
+            return data
+        moved = {k: data[k] for k in (*OPERATIONS, "expect", "wait_for") if k in data}
+        if not moved:
+            return data
+        if "steps" in data:
+            raise ValueError(f"give either steps or a single operation, not both "
+                             f"({', '.join(moved)} next to steps)")
+        rest = {k: v for k, v in data.items() if k not in moved}
+        return {**rest, "steps": [moved]}
+
+
+class ChaosFile(_Strict):
+    fleet: FleetSpec = FleetSpec()
+    scenarios: list[Scenario] = Field(min_length=1)
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used; the message names the file and the key."""
+
+
+def _check_names(chaos: ChaosFile, source: str) -> None:
+    fleet = {n.name for n in chaos.fleet.nodes}
+    if len(fleet) != len(chaos.fleet.nodes):
+        raise ScenarioError(f"{source}: fleet.nodes: node names must be unique")
+    for i, scenario in enumerate(chaos.scenarios):
+        names = fleet | {n.name for n in scenario.unreachable_nodes}
+        where = f"{source}: scenarios.{i} ({scenario.name})"
+        used: list[tuple[str, str]] = [(f"faults.{n}", n) for n in scenario.faults]
+        used += [(f"final.released_tags.{n}", n) for n in scenario.final.released_tags]
+        used += [(f"final.down.{n}", n) for n in scenario.final.down]
+        for j, step in enumerate(scenario.steps):
+            used += [(f"steps.{j}.faults.{n}", n) for n in step.faults]
+            used += [(f"steps.{j}.expect.failed.{n}", n) for n in step.expect.failed or {}]
+            if step.wait_for:
+                used += [(f"steps.{j}.wait_for.{n}", n) for n in step.wait_for.released_tags]
+        for key, name in used:
+            if name not in names:
+                raise ScenarioError(f"{where}.{key}: no node named {name!r} "
+                                    f"(known: {', '.join(sorted(names))})")
+        rules = [(f"faults.{n}", r) for n, rs in scenario.faults.items() for r in rs]
+        rules += [(f"steps.{j}.faults.{n}", r) for j, s in enumerate(scenario.steps)
+                  for n, rs in s.faults.items() for r in rs]
+        for key, rule in rules:
+            try:
+                parse_rule(rule)
+            except FaultRuleError as exc:
+                raise ScenarioError(f"{where}.{key}: {exc}") from None
+
+
+def parse_scenarios(data: Any, source: str) -> ChaosFile:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping with `scenarios:` at the top level")
+    try:
+        chaos = ChaosFile.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {describe_validation_error(exc)}") from None
+    _check_names(chaos, source)
+    return chaos
+
+
+def load_scenarios(path: Path) -> ChaosFile:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: invalid YAML ({exc})") from None
+    return parse_scenarios(data, str(path))
