@@ -158,9 +158,9 @@ def _throttle(send: Send, rate: float) -> Send:
         for start in range(0, len(body), piece):
             chunk = body[start:start + piece]
             last = start + piece >= len(body)
+            await asyncio.sleep(len(chunk) / rate)
             await send({"type": "http.response.body", "body": chunk,
                         "more_body": more or not last})
-            await asyncio.sleep(len(chunk) / rate)
 
     return throttled
 
