@@ -176,7 +176,9 @@ class Fleet:
                       control_timeout_s: float) -> ControlReply:
         query = "&".join(f"{k}={v}" for k, v in call.query.items())
         url = f"{self.router_url}/{CONTROL_PATHS[operation]}" + (f"?{query}" if query else "")
-        payload = {"tags": call.tags} if call.tags else {}
+        payload: dict[str, Any] = {"tags": call.tags} if call.tags else {}
+        if call.drain is not None:
+            payload["drain"] = call.drain
         wait_s = float(call.query.get("timeout", control_timeout_s)) + 30
         started = time.monotonic()
         status, body = await self._call("POST", url, payload, timeout_s=wait_s)

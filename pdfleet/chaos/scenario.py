@@ -37,8 +37,13 @@ class FleetSpec(_Strict):
     router: dict[str, Any] = {}
 
 
+DrainMode = Literal["wait", "abort"]
+
+
 class ControlCall(_Strict):
     tags: list[str] | None = None
+    # Release only: how the nodes end in-flight requests (SGLang body field, sent verbatim).
+    drain: DrainMode | None = None
     query: dict[str, str | int | float] = {}
 
 
@@ -56,6 +61,7 @@ class Traffic(_Strict):
     stream: bool = False
     sleep_wake_cycles: int = Field(0, ge=0, le=50)
     cycle_tags: list[str] | None = None
+    cycle_drain: DrainMode | None = None
     # How long the fleet stays asleep in each cycle.
     asleep_s: float = Field(0.5, ge=0, le=60)
 

@@ -64,7 +64,8 @@ def _body(prompt: str, traffic: Traffic) -> dict[str, Any]:
 
 
 async def _stream_ids(resp: aiohttp.ClientResponse) -> tuple[list[int] | None, str]:
-    """The final output ids of an SSE reply, or None and why the stream was not whole."""
+    """The final output ids of an SSE reply, or None and why the stream was not whole (an
+    error event's code leads the reason)."""
     last: Any = None
     async for raw in resp.content:
         line = raw.decode(errors="replace").strip()
@@ -76,7 +77,9 @@ async def _stream_ids(resp: aiohttp.ClientResponse) -> tuple[list[int] | None, s
             return (ids, "") if isinstance(ids, list) else (None, f"no output_ids: {last}")
         last = json.loads(data)
         if isinstance(last, dict) and "error" in last:
-            return None, f"stream error event: {last['error']}"
+            error = last["error"]
+            code = error.get("code") if isinstance(error, dict) else None
+            return None, f"{code} stream error event: {error}"
     return None, "the stream ended without [DONE]"
 
 
@@ -100,15 +103,18 @@ async def generate(fleet: Fleet, prompt: str, traffic: Traffic) -> tuple[str, An
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
         return "lost", f"{type(exc).__name__}: {exc}"
     if ids is None:
+        if why.split(" ", 1)[0] in {str(code) for code in CLEAR_REFUSALS}:
+            return "refused", why
         return ("aborted", why) if "abort" in why.lower() else ("lost", why)
     return "ok", ids
 
 
 async def _cycles(fleet: Fleet, traffic: Traffic, result: TrafficResult,
                   control_timeout_s: float) -> None:
-    call = ControlCall(tags=traffic.cycle_tags)
+    calls = {"release": ControlCall(tags=traffic.cycle_tags, drain=traffic.cycle_drain),
+             "resume": ControlCall(tags=traffic.cycle_tags)}
     for cycle in range(traffic.sleep_wake_cycles):
-        for operation in ("release", "resume"):
+        for operation, call in calls.items():
             reply = await fleet.control(operation, call, control_timeout_s)
             if reply.status != 200:
                 result.cycle_problems.append(
