@@ -8,7 +8,6 @@ import sys
 from pydantic import ValidationError
 
 from node.options import NodeOptions
-from node.server import serve
 
 
 def parse_args(argv: list[str]) -> NodeOptions:
@@ -49,7 +48,10 @@ def parse_args(argv: list[str]) -> NodeOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(parse_args(sys.argv[1:] if argv is None else argv))
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    from node.server import serve  # torch loads only once the options are known to be good
+
+    serve(options)
 
 
 if __name__ == "__main__":
