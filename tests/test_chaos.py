@@ -15,7 +15,7 @@ import yaml
 from junitparser import Error, Failure, JUnitXml
 
 from tests.node.conftest import NodeProcess, launch_node
-from tests.procs import ROOT, Router, closed_port
+from tests.procs import ROOT, Process, Router, closed_port, free_port, wait_http_ok
 
 SHIPPED = ROOT / "configs" / "chaos.yaml"
 
@@ -141,3 +141,40 @@ def test_bad_scenario_file_exits_2_naming_the_key(tmp_path, scenario, named):
     done = chaos("--scenarios", str(path))
     assert done.returncode == 2
     assert named in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_scenarios_run_through_fault_proxies_in_front_of_the_nodes(fleet, tmp_path):
+    _, nodes = fleet
+    ports = [free_port(), free_port()]
+    proxies = [Process([sys.executable, "-m", "pdfleet", "faultproxy", "--listen",
+                        f"127.0.0.1:{port}", "--upstream", node.url])
+               for port, node in zip(ports, nodes, strict=True)]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    router = None
+    try:
+        for url, proxy in zip(urls, proxies, strict=True):
+            wait_http_ok(f"{url}/health", proxy)
+        router = Router(tmp_path, [
+            {"url": urls[0], "role": "prefill", "bootstrap_port": nodes[0].bootstrap_port},
+            {"url": urls[1], "role": "decode"}])
+        scenarios = tmp_path / "proxied.yaml"
+        scenarios.write_text(yaml.safe_dump({
+            "fleet": {"nodes": [{"name": "prefill", "role": "prefill", "url": urls[0]},
+                                {"name": "decode", "role": "decode", "url": urls[1]}]},
+            "scenarios": [
+                {"name": "reset on the proxy", "release": {},
+                 "faults": {"decode": ["route=/release_memory_occupation,kind=reset"]},
+                 "expect": {"status": 502, "failed": {"decode": {"error": "reset"}}},
+                 "final": {"released_tags": {"prefill": ["weights", "kv_cache"], "decode": []}}},
+                {"name": "traffic through the proxies",
+                 "traffic": {"requests": 6, "concurrency": 2},
+                 "expect": {"traffic": {"min_completed": 6}}},
+            ]}))
+        done = chaos("--scenarios", str(scenarios), "--router", router.url)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        if router is not None:
+            router.stop()
+        for proxy in proxies:
+            proxy.stop()

@@ -157,7 +157,17 @@ class Fleet:
             return None
         if status != 200 or not isinstance(body, dict):
             raise RuntimeError(f"{name}: GET /is_sleeping answered {status}: {body}")
-        return sorted(body.get("released_tags") or [])
+        tags = body.get("released_tags")
+        if tags is None:  # vLLM: one flag, weights and KV cache sleep together
+            tags = ["kv_cache", "weights"] if body.get("is_sleeping") else []
+        return sorted(tags)
+
+    async def _maybe_asleep(self, name: str) -> bool:
+        """True unless the node says it is awake (one without /is_sleeping may be asleep)."""
+        try:
+            return bool(await self.released_tags(name))
+        except RuntimeError:
+            return True
 
     async def add_unreachable(self, node: UnreachableNode) -> None:
         url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there once the probe closes
@@ -208,7 +218,7 @@ class Fleet:
 
     async def wake(self, within_s: float) -> None:
         """Resume every node and wait until the router sees each one up and awake."""
-        asleep = [name for name in self.urls if await self.released_tags(name)]
+        asleep = [name for name in self.urls if await self._maybe_asleep(name)]
         if asleep:
             reply = await self.control("resume", ControlCall(), within_s)
             if reply.status != 200:
@@ -217,8 +227,9 @@ class Fleet:
         wanted = set(self.urls.values())
         while True:
             view = await self.router_view()
+            # "sleeping" may read "unknown" for nodes without status routes (plain SGLang).
             lagging = [n["server"] for n in view if n["server"] in wanted
-                       and (n.get("health") != "up" or n.get("sleeping") is not False)]
+                       and (n.get("health") != "up" or n.get("sleeping") is True)]
             if not lagging:
                 return
             if time.monotonic() > deadline:
