@@ -238,5 +238,7 @@ async def test_weights_load_from_a_safetensors_file(
 async def test_fault_injection_flags_are_accepted(
     http: aiohttp.ClientSession, start_node: StartNode
 ) -> None:
-    node = start_node("--enable-fault-injection", "--fault", "route=/generate,kind=delay,seconds=0.1")
+    node = start_node(
+        "--enable-fault-injection", "--fault", "route=/generate,kind=delay,seconds=0.1"
+    )
     assert len((await generate(http, node, greedy("faults", 4)))["output_ids"]) == 4
