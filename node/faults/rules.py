@@ -91,6 +91,8 @@ class FaultRule:
         if self.times is not None:
             values["times"] = self.times
         for key in own:
+            if key == "bytes" and self.body not in (StatusBody.BINARY, StatusBody.HUGE):
+                continue  # text and json bodies have their own length
             value = getattr(self, key)
             values[key] = value.value if isinstance(value, StrEnum) else value
         return values
