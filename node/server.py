@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from node.api import generate, memory, openai, status
 from node.api.errors import install_error_handlers
+from node.metrics import GenerationCounting
 from node.options import NodeOptions
 from node.pd.bootstrap import create_bootstrap_app
 from node.runtime import NodeRuntime
@@ -75,6 +76,7 @@ def create_app(options: NodeOptions, runtime: NodeRuntime | None = None) -> Fast
     app = FastAPI(title="pdfleet node", lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(GenerationCounting, metrics=runtime.metrics)
     for module in (generate, openai, memory, status):
         app.include_router(module.router)
     return app

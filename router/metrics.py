@@ -127,21 +127,17 @@ class RequestCounting:
     """ASGI middleware counting the requests it sees in `pdfleet_router_requests_total`.
 
     It sits inside `GenerationRoutes`, so it sees every route but the generation routes,
-    which count themselves. Unknown paths share the route label `other`, so that scanners
-    cannot grow the series without bound.
+    which count themselves. The route label is the matched route's path template; requests
+    that match no route share `other`, so that scanners cannot grow the series without bound.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._routes: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._routes is None:
-            self._routes = frozenset(getattr(r, "path", "") for r in scope["app"].routes)
-        route = scope["path"] if scope["path"] in self._routes else "other"
         started = time.perf_counter()
         status = 500  # what Starlette answers when the app raises
 
@@ -154,5 +150,6 @@ class RequestCounting:
         try:
             await self.app(scope, receive, counted)
         finally:
+            route = getattr(scope.get("route"), "path", None) or "other"
             metrics: RouterMetrics = scope["app"].state.router.metrics
             metrics.request_done(route, status, time.perf_counter() - started)
