@@ -96,8 +96,8 @@ function memoryBar(node) {
 
 function nodeCard(node, now) {
   const reach = node.reachable === true ? "up" : node.reachable === false ? "down" : "unknown";
-  const asleep = node.sleeping === true;
-  const card = el("article", `card reach-${reach}${asleep ? " asleep" : ""}`);
+  const asleep = node.sleeping === true && reach !== "down";
+  const card = el("article", `card card-${reach}${asleep ? " asleep" : ""}`);
   card.dataset.server = node.server;
   card.dataset.reachable = reach;
   card.dataset.sleeping = String(node.sleeping);
