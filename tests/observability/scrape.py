@@ -9,11 +9,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 class Scrape:
     def __init__(self, text: str) -> None:
+        families = list(text_string_to_metric_families(text))
         self.samples = [
             (sample.name, sample.labels, sample.value)
-            for family in text_string_to_metric_families(text)
+            for family in families
             for sample in family.samples
         ]
+        # Series names a query may use, samples or not (a labelled counter starts empty).
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+        self.declared = {family.name + suffix for family in families
+                         for suffix in suffixes.get(family.type, ("",))}
 
     def value(self, name: str, **labels: str) -> float:
         """The sample `name` with exactly these labels (0 when absent, as for a counter)."""

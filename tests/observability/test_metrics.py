@@ -3,6 +3,7 @@ router (SPEC 3.3): the series exist and the values that must have moved did."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.observability.conftest import RealNode
 from tests.observability.scrape import scrape
-from tests.procs import Router, eventually
+from tests.procs import ROOT, Router, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,3 +140,16 @@ async def test_status_agrees_with_itself_right_after_a_partial_wake(
             direct = (await resp.json())["memory"]
         assert view["memory"]["regions"] == direct["regions"]
     assert await post(http, f"{r.url}/resume_memory_occupation", {"tags": None}) == 200
+
+
+async def test_the_grafana_dashboard_queries_only_series_we_export(
+    pd_nodes: list[RealNode], router: Callable[..., Router], http: aiohttp.ClientSession
+) -> None:
+    r = router([n.spec() for n in pd_nodes])
+    assert await post(http, f"{r.url}/generate", GENERATE) == 200
+    assert await post(http, f"{r.url}/release_memory_occupation", BOTH) == 200
+    assert await post(http, f"{r.url}/resume_memory_occupation", BOTH) == 200
+    exported = {name for url in (r.url, pd_nodes[0].url) for name in scrape(url).declared}
+    dashboard = (ROOT / "configs" / "grafana" / "pdfleet.json").read_text()
+    queried = set(re.findall(r"pdfleet_[a-z_]+", dashboard)) - {"pdfleet_fleet"}
+    assert queried and queried <= exported, queried - exported
