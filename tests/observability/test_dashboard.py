@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from tests.observability.conftest import RealNode, start_fleet, start_node
-from tests.procs import ROOT, Router, wait_http_ok
+from tests.procs import ROOT, Process, Router, StubNodes, wait_http_ok
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -139,3 +141,23 @@ def test_dashboard_shows_the_fleet_its_sleep_its_reports_and_a_dead_node(
     if os.environ.get("PDFLEET_UPDATE_SCREENSHOT") == "1":
         page.set_viewport_size({"width": 1280, "height": 900})
         page.screenshot(path=ROOT / "docs" / "dashboard.png", full_page=True)
+
+
+def test_dashboard_keeps_refreshing_across_a_router_restart(
+    stub_nodes: Callable[..., StubNodes], router: Callable[..., Router], page: Page
+) -> None:
+    stubs = stub_nodes([{}])
+    r = router([{"url": stubs.urls[0], "role": "mixed"}])
+    page.goto(f"{r.url}/dashboard")
+    expect(page.locator("#connection")).to_have_class(re.compile("ok"), timeout=SHOWN_WITHIN_MS)
+    r.stop()
+    expect(page.locator("#connection")).to_have_class(re.compile("bad"), timeout=SHOWN_WITHIN_MS)
+    # The same config, so the same port: what an operator's restart looks like.
+    again = Process([sys.executable, "-m", "pdfleet", "router", "--config", str(r.config_path)])
+    try:
+        wait_http_ok(f"{r.url}/health", again)
+        expect(page.locator("#connection")).to_have_class(re.compile("ok"),
+                                                          timeout=SHOWN_WITHIN_MS)
+        expect(page.locator("article.card")).to_have_count(1)
+    finally:
+        again.stop()

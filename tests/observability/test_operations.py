@@ -51,7 +51,7 @@ async def test_each_node_has_offsets_outcome_and_failure_kind(
         assert 0 <= node["started_ms"] <= node["ended_ms"] <= op["elapsed_ms"] + 1
     assert nodes[slow]["outcome"] == "success" and nodes[slow]["status"] == 200
     assert nodes[slow]["ended_ms"] - nodes[slow]["started_ms"] >= 300
-    assert nodes[hanging]["ended_ms"] >= 1500
+    assert nodes[hanging]["ended_ms"] >= 1400  # the 1.5 s deadline, less timer slack
     assert nodes[failing]["status"] == 500 and "node error" in nodes[failing]["error"]
     assert nodes[refused]["kind"] == "refused" and nodes[refused]["status"] is None
 
