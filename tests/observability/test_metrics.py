@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -153,3 +154,20 @@ async def test_the_grafana_dashboard_queries_only_series_we_export(
     dashboard = (ROOT / "configs" / "grafana" / "pdfleet.json").read_text()
     queried = set(re.findall(r"pdfleet_[a-z_]+", dashboard)) - {"pdfleet_fleet"}
     assert queried and queried <= exported, queried - exported
+
+
+async def test_with_a_multiprocess_dir_counters_live_in_it_and_scrape_from_it(
+    stub_nodes: Callable[..., Any], router: Callable[..., Router], http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    stubs = stub_nodes([{}])
+    r = router([{"url": stubs.urls[0], "role": "mixed"}],
+               env={"PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    assert await post(http, f"{r.url}/flush_cache", {}) == 200
+    metrics = scrape(r.url)
+    assert metrics.value("pdfleet_control_operations_total",
+                         operation="flush_cache", outcome="success") == 1
+    assert metrics.value("pdfleet_node_up", node=stubs.urls[0], role="mixed") == 1
+    assert any(shared.glob("counter_*.db")) and any(shared.glob("histogram_*.db"))
