@@ -42,9 +42,6 @@ class GenerationRoutes:
         if scope["type"] != "http" or path not in GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
-        if scope["method"] != "POST":
-            await send_error(send, GenerationError(405, f"{path} takes POST"), {b"allow": b"POST"})
-            return
         started = time.perf_counter()
         status = 500  # what Starlette answers when serving raises
         try:
@@ -55,6 +52,9 @@ class GenerationRoutes:
 
     async def _serve(self, scope: Scope, path: str, receive: Receive, send: Send) -> int:
         """Serve one generation request; the HTTP status it was answered with."""
+        if scope["method"] != "POST":
+            await send_error(send, GenerationError(405, f"{path} takes POST"), {b"allow": b"POST"})
+            return 405
         state: RouterState = scope["app"].state.router
         body = await read_body(receive)
         if body is None:

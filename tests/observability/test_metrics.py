@@ -36,6 +36,10 @@ async def test_router_metrics_count_requests_and_control_and_show_sleep_state(
         assert await post(http, f"{r.url}/generate", GENERATE) == 200
     async with http.get(f"{r.url}/cluster/status") as resp:
         assert resp.status == 200
+    async with http.get(f"{r.url}/generate") as resp:
+        assert resp.status == 405
+    async with http.get(f"{r.url}/no/such/route") as resp:
+        assert resp.status == 404
     assert await post(http, f"{r.url}/release_memory_occupation", BOTH) == 200
     asleep = scrape(r.url)
     assert await post(http, f"{r.url}/resume_memory_occupation", BOTH) == 200
@@ -45,8 +49,11 @@ async def test_router_metrics_count_requests_and_control_and_show_sleep_state(
         return after.value(name, **labels) - before.value(name, **labels)
 
     assert moved("pdfleet_router_requests_total", route="/generate", status="200") == 2
-    assert moved("pdfleet_router_request_duration_seconds_count", route="/generate") == 2
+    # the two generations and the GET answered 405
+    assert moved("pdfleet_router_request_duration_seconds_count", route="/generate") == 3
     assert moved("pdfleet_router_requests_total", route="/cluster/status", status="200") == 1
+    assert moved("pdfleet_router_requests_total", route="/generate", status="405") == 1
+    assert moved("pdfleet_router_requests_total", route="other", status="404") == 1
     assert moved("pdfleet_control_operations_total",
                  operation="release_memory_occupation", outcome="success") == 1
     assert moved("pdfleet_control_operations_total",
