@@ -11,7 +11,7 @@ work until its last update.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from node.admission import Admission, InflightWork
@@ -48,8 +48,10 @@ class GenerationService:
         admission: Admission,
         handoffs: HandoffStore | None = None,
         puller: KVPuller | None = None,
+        on_tokens: Callable[[int], None] | None = None,
     ) -> None:
         self.role = role
+        self._on_tokens = on_tokens
         self._engine = engine
         self._admission = admission
         self._handoffs = handoffs
@@ -83,6 +85,7 @@ class GenerationService:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         self.validate(request)
         work = self._admission.admit(f"generate {request.rid}")
+        generated = 0
         try:
             if self.role == "decode":
                 prefilled = await self._pull(request, work)
@@ -95,6 +98,7 @@ class GenerationService:
                         update={"max_new_tokens": min(1, sampling.max_new_tokens)}
                     )
                 async for update in self._engine.decode(prefilled, sampling, work):
+                    generated = len(update.output_ids)
                     yield update
             finally:
                 if self.role == "prefill" and work.abort_reason is None:
@@ -103,6 +107,8 @@ class GenerationService:
                     self._engine.free(prefilled)
         finally:
             work.finish()
+            if self._on_tokens is not None:
+                self._on_tokens(generated)
 
     async def complete(self, request: GenerationRequest) -> GenerationUpdate:
         last: GenerationUpdate | None = None

@@ -21,6 +21,7 @@ from node.generation import GenerationService
 from node.memory.backends import make_backend
 from node.memory.controller import MemoryController
 from node.memory.tags import MemoryTag
+from node.metrics import NodeMetrics
 from node.options import NodeOptions
 from node.pd.puller import KVPuller
 from node.pd.store import HandoffStore
@@ -32,6 +33,7 @@ class NodeRuntime:
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
         self.started_at = int(time.time())
+        self.metrics = NodeMetrics()
         if options.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
         self.backend = make_backend(options)
@@ -71,7 +73,8 @@ class NodeRuntime:
         )
         self.puller = KVPuller(options.kv_handoff_timeout_s) if options.role == "decode" else None
         self.service = GenerationService(
-            options.role, self.engine, self.admission, self.handoffs, self.puller
+            options.role, self.engine, self.admission, self.handoffs, self.puller,
+            on_tokens=self.metrics.tokens_generated,
         )
         # health_generate probes the local model whatever the role.
         self.local_service = GenerationService("mixed", self.engine, self.admission)
@@ -81,13 +84,11 @@ class NodeRuntime:
             else None
         )
         self.controller = MemoryController(
-            self.backend,
-            self.engine,
-            self.admission,
-            options.drain_timeout_s,
-            self._clear_kv_state,
-            oom_injected=self._oom_injected,
+            self.backend, self.engine, self.admission, options.drain_timeout_s,
+            self._clear_kv_state, oom_injected=self._oom_injected,
+            on_step=self.metrics.step_done,
         )
+        self.metrics.watch(self)
         log.info(
             "node ready: role=%s device=%s backend=%s model=%s weights=%d bytes kv=%d bytes",
             options.role,

@@ -19,6 +19,7 @@ from node.api import generate, memory, openai, status
 from node.api.errors import install_error_handlers
 from node.faults.admin import admin_router
 from node.faults.inject import FaultMiddleware, FaultProtocol
+from node.metrics import GenerationCounting
 from node.options import NodeOptions
 from node.pd.bootstrap import create_bootstrap_app
 from node.runtime import NodeRuntime
@@ -77,6 +78,7 @@ def create_app(options: NodeOptions, runtime: NodeRuntime | None = None) -> Fast
     app = FastAPI(title="pdfleet node", lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(GenerationCounting, metrics=runtime.metrics)
     for module in (generate, openai, memory, status):
         app.include_router(module.router)
     if runtime.faults is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,11 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from router.config import FleetConfig
-from router.fanout import ControlPlane
+from router.dashboard import routes as dashboard
+from router.fanout import ControlPlane, FanoutReport
+from router.metrics import RequestCounting, RouterMetrics
+from router.operations import OperationLog
 from router.pd.proxy import GenerationProxy
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
-from router.routes import control, fleet, generate
+from router.routes import control, fleet, generate, observability
 from router.security import AdminGuard, BodyLimitMiddleware, check_bind
 from router.state import RouterState
 from router.upstream import new_session
@@ -25,19 +29,32 @@ from router.upstream import new_session
 def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
     settings = config.router
     registry = FleetRegistry(config.nodes)
+    metrics = RouterMetrics(registry)
+    operations = OperationLog()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         session = new_session()
         poller = StatusPoller(registry, session, settings)
+
+        async def after_control(report: FanoutReport) -> None:
+            # Refresh the touched nodes before the caller gets the report, so that status
+            # never shows released tags from the reply beside regions and memory from before.
+            touched = [registry.get(r.server) for r in report.results]
+            await asyncio.gather(*(poller.poll(n) for n in touched if n is not None))
+            operations.record(report)
+            metrics.control_done(report)
+
         app.state.router = RouterState(
             settings=settings,
             registry=registry,
             session=session,
-            control=ControlPlane(registry, session, settings),
+            control=ControlPlane(registry, session, settings, observer=after_control),
             proxy=GenerationProxy(registry, session, settings),
             poller=poller,
             admin=AdminGuard(admin_token),
+            metrics=metrics,
+            operations=operations,
         )
         poller.start()
         # What exists now lives as long as the process: keep it out of every collection.
@@ -53,7 +70,9 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
             await session.close()
 
     app = FastAPI(title="pdfleet router", lifespan=lifespan)
-    # Added first, so the body limit (added next) wraps it.
+    # Inside GenerationRoutes, so it counts every route but generation (which counts itself).
+    app.add_middleware(RequestCounting)
+    # Added before the body limit, so the body limit wraps it.
     app.add_middleware(generate.GenerationRoutes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
@@ -67,6 +86,8 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
     app.include_router(control.router)
     app.include_router(fleet.router)
     app.include_router(generate.router)
+    app.include_router(observability.router)
+    app.include_router(dashboard.router)
     return app
 
 

@@ -12,8 +12,9 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel
@@ -26,6 +27,9 @@ RESULT_MAX_BYTES = 64 << 10
 ROLLBACK_OPERATION = "resume_memory_occupation"
 
 
+Outcome = Literal["success", "partial", "failure"]
+
+
 class NodeResult(BaseModel):
     server: str
     role: str
@@ -34,6 +38,11 @@ class NodeResult(BaseModel):
     result: Any = None
     detail: str | None = None
     error: str | None = None
+    # `http` (the node answered non-2xx) or the TransportError's kind; None on success.
+    kind: str | None = None
+    # When the node's call began and ended, in ms from the operation's start (a timeline).
+    started_ms: float = 0.0
+    ended_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -44,8 +53,9 @@ class NodeResult(BaseModel):
 
     def failure_view(self) -> dict[str, Any]:
         if self.error is not None:
-            return self.model_dump(include={"server", "role", "error", "elapsed_ms"})
-        return self.model_dump(include={"server", "role", "status", "detail", "elapsed_ms"})
+            return self.model_dump(include={"server", "role", "error", "kind", "elapsed_ms"})
+        return self.model_dump(
+            include={"server", "role", "status", "detail", "kind", "elapsed_ms"})
 
 
 class FanoutReport(BaseModel):
@@ -54,10 +64,19 @@ class FanoutReport(BaseModel):
     elapsed_ms: float
     results: list[NodeResult]
     rollback: list[NodeResult] | None = None
+    tags: list[str] | None = None
+    started_at: float = 0.0  # wall-clock seconds
 
     @property
     def failures(self) -> list[NodeResult]:
         return [r for r in self.results if not r.ok]
+
+    @property
+    def outcome(self) -> Outcome:
+        failed = len(self.failures)
+        if failed == 0:
+            return "success"
+        return "failure" if failed == len(self.results) else "partial"
 
     def reply(self) -> tuple[int, dict[str, Any]]:
         """The HTTP status and JSON body the router answers with."""
@@ -104,6 +123,11 @@ class ControlRequest:
     authorization: str | None = None
 
 
+# Called with each finished operation's report before the caller gets it: the status refresh,
+# the operations log and the metrics hang here.
+ReportObserver = Callable[[FanoutReport], Awaitable[None]]
+
+
 class OperationInProgress(Exception):
     def __init__(self, operation: str, request_id: str) -> None:
         super().__init__(f"another control operation is running: {operation} ({request_id})")
@@ -126,11 +150,16 @@ def _reported_tags(result: Any) -> list[str] | None:
 
 class ControlPlane:
     def __init__(
-        self, registry: FleetRegistry, session: aiohttp.ClientSession, settings: RouterSettings
+        self,
+        registry: FleetRegistry,
+        session: aiohttp.ClientSession,
+        settings: RouterSettings,
+        observer: ReportObserver | None = None,
     ) -> None:
         self._registry = registry
         self._session = session
         self._settings = settings
+        self._observer = observer
         self._running: tuple[str, str] | None = None
 
     @property
@@ -143,21 +172,28 @@ class ControlPlane:
         request_id = uuid.uuid4().hex
         self._running = (request.operation, request_id)
         try:
-            return await self._run(request, request_id)
+            report = await self._run(request, request_id)
+            if self._observer is not None:
+                await self._observer(report)
+            return report
         finally:
             self._running = None
 
     async def _run(self, request: ControlRequest, request_id: str) -> FanoutReport:
+        started_at = time.time()
         started = time.perf_counter()
         nodes = self._registry.with_role(request.role)
         results = await self._fan_out(
-            nodes, request.operation, request.body, request, request_id, request.tags
+            nodes, request.operation, request.body, request, request_id, request.tags,
+            started=started,
         )
         report = FanoutReport(
             operation=request.operation,
             request_id=request_id,
             elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
             results=results,
+            tags=request.tags,
+            started_at=started_at,
         )
         rollback = request.rollback and request.operation == "release_memory_occupation"
         if rollback and report.failures:
@@ -165,7 +201,7 @@ class ControlPlane:
             body = json.dumps({"tags": request.tags}).encode()
             report.rollback = await self._fan_out(
                 released, ROLLBACK_OPERATION, body, request, request_id, request.tags,
-                content_type="application/json",
+                started=started, content_type="application/json",
             )
         return report
 
@@ -177,6 +213,8 @@ class ControlPlane:
         request: ControlRequest,
         request_id: str,
         tags: list[str] | None,
+        *,
+        started: float,
         content_type: str | None = None,
     ) -> list[NodeResult]:
         headers = {"X-Request-Id": request_id}
@@ -185,7 +223,10 @@ class ControlPlane:
         if request.authorization:
             headers["Authorization"] = request.authorization
         deadline = asyncio.get_running_loop().time() + request.timeout_s
-        calls = [self._call(n, operation, body, headers, deadline, tags) for n in nodes]
+        calls = [
+            _timed(self._call(n, operation, body, headers, deadline, tags), started)
+            for n in nodes
+        ]
         return list(await asyncio.gather(*calls))
 
     async def _call(
@@ -212,7 +253,8 @@ class ControlPlane:
             )
         except TransportError as exc:
             result = NodeResult(
-                **base, elapsed_ms=round((time.perf_counter() - started) * 1000, 2), error=str(exc)
+                **base, elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+                error=str(exc), kind=exc.kind,
             )
             if isinstance(exc, ConnectionRefused):
                 self._registry.mark_down(node, str(exc))
@@ -224,9 +266,23 @@ class ControlPlane:
             self._registry.record_control(
                 node, operation, tags, error=f"HTTP {reply.status}: {detail}"
             )
-            return NodeResult(**base, elapsed_ms=elapsed, status=reply.status, detail=detail)
+            return NodeResult(
+                **base, elapsed_ms=elapsed, status=reply.status, detail=detail, kind="http")
         result = _json_result(reply.body, reply.truncated)
         self._registry.record_control(
             node, operation, tags, error=None, reported_tags=_reported_tags(result)
         )
         return NodeResult(**base, elapsed_ms=elapsed, status=reply.status, result=result)
+
+
+def _offset_ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
+
+
+async def _timed(call: Awaitable[NodeResult], since: float) -> NodeResult:
+    """`call`'s result with its start and end as offsets from `since` (the operation's start)."""
+    started_ms = _offset_ms(since)
+    result = await call
+    result.started_ms = started_ms
+    result.ended_ms = _offset_ms(since)
+    return result

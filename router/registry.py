@@ -149,11 +149,13 @@ class FleetRegistry:
         if not reachable:
             node.last_error = error
             return
-        if memory is not None:
-            node.memory = memory
         if inflight is not None:
             node.node_inflight = inflight
-        if released_tags is not None and node.version == version:
+        if node.version != version:
+            return  # what the poll saw of memory and tags predates an operation's change
+        if memory is not None:
+            node.memory = memory
+        if released_tags is not None:
             node.released_tags = frozenset(released_tags)
             node.sleep_state_known = True
 

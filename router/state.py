@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 
 from router.config import RouterSettings
 from router.fanout import ControlPlane
+from router.metrics import RouterMetrics
+from router.operations import OperationLog
 from router.pd.proxy import GenerationProxy
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
@@ -25,6 +27,8 @@ class RouterState:
     proxy: GenerationProxy
     poller: StatusPoller
     admin: AdminGuard
+    metrics: RouterMetrics
+    operations: OperationLog
 
 
 def router_state(request: Request) -> RouterState:

@@ -10,6 +10,7 @@ so it is the only one retried.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from dataclasses import dataclass
 
@@ -22,13 +23,34 @@ RETRY_ATTEMPTS = 3
 class TransportError(Exception):
     """No complete reply came from the node."""
 
+    @property
+    def kind(self) -> str:
+        """`refused`, `reset`, `timeout` or `other`: how reports and metrics name it."""
+        return "other"
+
 
 class ConnectionRefused(TransportError):
     """The node refused the connection: the request cannot have reached it."""
 
+    @property
+    def kind(self) -> str:
+        return "refused"
+
+
+class ConnectionReset(TransportError):
+    """The connection broke (reset, closed early, cut body) before the reply was complete."""
+
+    @property
+    def kind(self) -> str:
+        return "reset"
+
 
 class NodeTimeout(TransportError):
     """The deadline passed before the node's reply was read."""
+
+    @property
+    def kind(self) -> str:
+        return "timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +88,19 @@ def transport_error(exc: aiohttp.ClientError | OSError) -> TransportError:
         exc.os_error, ConnectionRefusedError
     ):
         return ConnectionRefused(describe(exc.os_error))
+    if _is_reset(exc):
+        return ConnectionReset(describe(exc))
     return TransportError(describe(exc))
+
+
+def _is_reset(exc: aiohttp.ClientError | OSError) -> bool:
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
+                  | ConnectionResetError):
+        return True
+    if isinstance(exc, aiohttp.ClientOSError):
+        return exc.errno in (errno.ECONNRESET, errno.EPIPE) or isinstance(
+            exc.__cause__, ConnectionResetError)
+    return False
 
 
 async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:

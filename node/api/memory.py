@@ -32,7 +32,7 @@ async def release_memory_occupation(request: Request) -> ReleaseReport:
     body = await read_body(
         request, ReleaseRequest, max_bytes=runtime.options.max_body_bytes, allow_empty=True
     )
-    return await runtime.controller.release(body)
+    return await runtime.metrics.operation("release", runtime.controller.release(body))
 
 
 @router.post("/resume_memory_occupation")
@@ -41,14 +41,14 @@ async def resume_memory_occupation(request: Request) -> ResumeReport:
     body = await read_body(
         request, ResumeRequest, max_bytes=runtime.options.max_body_bytes, allow_empty=True
     )
-    return await runtime.controller.resume(body)
+    return await runtime.metrics.operation("resume", runtime.controller.resume(body))
 
 
 @router.post("/sleep")
 async def sleep(request: Request, level: Annotated[int, Query(ge=1, le=2)] = 1) -> ReleaseReport:
     """vLLM's sleep: both levels release every tag (weights are always backed up here)."""
     runtime = _admin_runtime(request)
-    return await runtime.controller.release(ReleaseRequest())
+    return await runtime.metrics.operation("release", runtime.controller.release(ReleaseRequest()))
 
 
 @router.post("/wake_up")
@@ -59,13 +59,13 @@ async def wake_up(
     runtime = _admin_runtime(request)
     names = [name for value in tags or [] for name in value.split(",") if name]
     body = ResumeRequest.model_validate({"tags": names if tags else None})
-    return await runtime.controller.resume(body)
+    return await runtime.metrics.operation("resume", runtime.controller.resume(body))
 
 
 @router.post("/flush_cache")
 async def flush_cache(request: Request) -> FlushReport:
     runtime = _admin_runtime(request)
-    return await runtime.controller.flush_cache()
+    return await runtime.metrics.operation("flush", runtime.controller.flush_cache())
 
 
 @router.get("/is_sleeping")

@@ -6,11 +6,13 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from node.engine.sampler import SamplingParams
 from node.engine.tokenizer import encode
 from node.generation import Bootstrap, GenerationRequest
+from node.metrics import CONTENT_TYPE
 from node.runtime import NodeRuntime
 
 router = APIRouter()
@@ -78,6 +80,12 @@ async def health_generate(request: Request) -> dict[str, Any]:
     return {"status": "ok", "output_ids": final.output_ids}
 
 
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    runtime: NodeRuntime = request.app.state.runtime
+    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
 @router.get("/get_server_info")
 async def get_server_info(request: Request) -> ServerInfo:
     runtime: NodeRuntime = request.app.state.runtime
@@ -117,7 +125,7 @@ async def get_server_info(request: Request) -> ServerInfo:
             used_bytes=stats.reading.used_bytes,
             free_bytes=stats.reading.free_bytes,
             total_bytes=stats.reading.total_bytes,
-            measured_as="device memory in use" if options.device == "cuda" else "process RSS",
+            measured_as=stats.reading.measured_as,
             regions=regions,
         ),
     )

@@ -65,6 +65,7 @@ class MemoryController:
         drain_timeout_s: float,
         on_kv_cache_cleared: Callable[[], None],
         oom_injected: Callable[[], bool] = lambda: False,
+        on_step: Callable[[str, MemoryTag, float], None] | None = None,
     ) -> None:
         self._backend = backend
         self._engine = engine
@@ -73,6 +74,7 @@ class MemoryController:
         self._on_kv_cache_cleared = on_kv_cache_cleared
         # Fault injection (oom_on_resume): the next resume finds the device full.
         self._oom_injected = oom_injected
+        self._on_step = on_step
         self._state = NodeState.SERVING
         self._released: set[MemoryTag] = set()
 
@@ -190,12 +192,15 @@ class MemoryController:
         return inflight
 
     async def _apply(self, step: Callable[[MemoryTag], None], tag: MemoryTag, verb: str) -> None:
+        started = time.perf_counter()
         try:
             await self._engine.exclusive(step, tag)
         except Exception as error:
             raise NodeError(
                 f"{verb} of {tag.value} failed: {type(error).__name__}: {error}"
             ) from error
+        if self._on_step is not None:
+            self._on_step(verb, tag, time.perf_counter() - started)
 
     def _check_room(self, tags: list[MemoryTag]) -> None:
         needed = sum(self._backend.region_bytes(tag) for tag in tags)

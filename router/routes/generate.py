@@ -11,6 +11,7 @@ body-size limit and Starlette's error handling, and passes every other request o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ router = APIRouter()
 
 GENERATION_PATHS = frozenset(("/generate", "/v1/completions", "/v1/chat/completions"))
 JSON = b"application/json"
+CLIENT_GONE = 499  # nginx's name for a request whose client left before the answer
 T = TypeVar("T")
 
 
@@ -40,30 +42,42 @@ class GenerationRoutes:
         if scope["type"] != "http" or path not in GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        status = 500  # what Starlette answers when serving raises
+        try:
+            status = await self._serve(scope, path, receive, send)
+        finally:
+            scope["app"].state.router.metrics.request_done(
+                path, status, time.perf_counter() - started)
+
+    async def _serve(self, scope: Scope, path: str, receive: Receive, send: Send) -> int:
+        """Serve one generation request; the HTTP status it was answered with."""
         if scope["method"] != "POST":
             await send_error(send, GenerationError(405, f"{path} takes POST"), {b"allow": b"POST"})
-            return
+            return 405
         state: RouterState = scope["app"].state.router
         body = await read_body(receive)
         if body is None:
-            return  # the client left before sending its request
+            return CLIENT_GONE  # the client left before sending its request
         try:
             payload, stream = parse_request(body)
         except GenerationError as exc:
             await send_error(send, exc)
-            return
+            return exc.status
         # A client that leaves cancels the node calls, streaming or not.
         gone = asyncio.ensure_future(_client_gone(receive))
         try:
             result = await _unless_gone(state.proxy.generate(path, payload, body, stream), gone)
             if result is None:
-                return
+                return CLIENT_GONE
             if isinstance(result, DecodeStream):
                 await relay(result, gone, send)
             else:
                 await send_reply(send, result)
+            return result.status
         except GenerationError as exc:
             await send_error(send, exc)
+            return exc.status
         finally:
             gone.cancel()
 

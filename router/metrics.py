@@ -1,0 +1,155 @@
+"""The router's Prometheus metrics (SPEC 3.3), served at `GET /metrics`.
+
+Two sources:
+- Counters and histograms the router updates as requests and control operations end. With
+  PROMETHEUS_MULTIPROC_DIR set (several router processes on one port) prometheus_client keeps
+  them in per-process files and a scrape of any process sums them all.
+- The fleet's state (`pdfleet_node_*`), read from the `FleetRegistry` at scrape time by
+  `FleetCollector`: a removed worker has no series because it is no longer in the registry,
+  and every process, holding the same fleet, shows the same series.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.fanout import FanoutReport
+from router.registry import MEMORY_TAGS, FleetRegistry, Health
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Generation: a few ms (errors, cached) to minutes (long generations).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Control: a flush takes ms, a release of large weights tens of seconds.
+CONTROL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class FleetCollector(Collector):
+    """Each node's state as the registry holds it at scrape time."""
+
+    def __init__(self, registry: FleetRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "pdfleet_node_up", "1 when the node answered its last poll or operation",
+            labels=["node", "role"])
+        sleeping = GaugeMetricFamily(
+            "pdfleet_node_sleeping", "1 when the node has released any memory tag",
+            labels=["node", "role"])
+        released = GaugeMetricFamily(
+            "pdfleet_node_released", "1 when the node has released this memory tag",
+            labels=["node", "tag"])
+        used = GaugeMetricFamily(
+            "pdfleet_node_memory_used_bytes", "Memory in use as the node last reported it",
+            labels=["node"])
+        total = GaugeMetricFamily(
+            "pdfleet_node_memory_total_bytes", "Memory of the node's device (or host)",
+            labels=["node"])
+        outstanding = GaugeMetricFamily(
+            "pdfleet_node_outstanding_requests",
+            "Generation requests this router has in flight on the node", labels=["node"])
+        for node in self._registry.all():
+            role = node.role.value
+            up.add_metric([node.url, role], float(node.health is Health.UP))
+            sleeping.add_metric([node.url, role], float(node.sleeping))
+            for tag in MEMORY_TAGS:
+                released.add_metric([node.url, tag], float(tag in node.released_tags))
+            memory = node.memory or {}
+            if isinstance(memory.get("used_bytes"), int):
+                used.add_metric([node.url], memory["used_bytes"])
+            if isinstance(memory.get("total_bytes"), int):
+                total.add_metric([node.url], memory["total_bytes"])
+            outstanding.add_metric([node.url], node.outstanding)
+        yield from (up, sleeping, released, used, total, outstanding)
+
+
+class RouterMetrics:
+    def __init__(self, fleet: FleetRegistry) -> None:
+        self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self._own = CollectorRegistry()
+        self._fleet = FleetCollector(fleet)
+        self._own.register(self._fleet)
+        self.requests = Counter(
+            "pdfleet_router_requests_total", "HTTP requests the router answered",
+            ["route", "status"], registry=self._own)
+        self.request_duration = Histogram(
+            "pdfleet_router_request_duration_seconds", "Time to answer a request (to the "
+            "end of the body for streams)", ["route"], buckets=REQUEST_BUCKETS,
+            registry=self._own)
+        self.operations = Counter(
+            "pdfleet_control_operations_total", "Cluster control operations by outcome",
+            ["operation", "outcome"], registry=self._own)
+        self.operation_duration = Histogram(
+            "pdfleet_control_operation_duration_seconds",
+            "Time from a control operation's start to its last node's reply", ["operation"],
+            buckets=CONTROL_BUCKETS, registry=self._own)
+        self.node_failures = Counter(
+            "pdfleet_control_node_failures_total", "Nodes that failed a control operation",
+            ["operation", "node", "kind"], registry=self._own)
+        # Label children resolved once per (route, status): the generation path pays only
+        # for an increment and an observation.
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)),
+                        self.request_duration.labels(route))
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def control_done(self, report: FanoutReport) -> None:
+        self.operations.labels(report.operation, report.outcome).inc()
+        self.operation_duration.labels(report.operation).observe(report.elapsed_ms / 1000)
+        for failure in report.failures:
+            kind = failure.kind or "other"
+            self.node_failures.labels(report.operation, failure.server, kind).inc()
+
+    def exposition(self) -> bytes:
+        if self._multiprocess_dir is None:
+            return generate_latest(self._own)
+        scrape = CollectorRegistry()
+        MultiProcessCollector(scrape, path=self._multiprocess_dir)
+        scrape.register(self._fleet)
+        return generate_latest(scrape)
+
+
+class RequestCounting:
+    """ASGI middleware counting the requests it sees in `pdfleet_router_requests_total`.
+
+    It sits inside `GenerationRoutes`, so it sees every route but the generation routes,
+    which count themselves. The route label is the matched route's path template; requests
+    that match no route share `other`, so that scanners cannot grow the series without bound.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what Starlette answers when the app raises
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "other"
+            metrics: RouterMetrics = scope["app"].state.router.metrics
+            metrics.request_done(route, status, time.perf_counter() - started)

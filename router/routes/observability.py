@@ -1,0 +1,22 @@
+"""What monitoring reads: Prometheus metrics and the log of recent control operations."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from router.metrics import CONTENT_TYPE
+from router.state import State
+
+router = APIRouter()
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@router.get("/cluster/operations")
+async def cluster_operations(state: State) -> dict:
+    """The last 50 control operations, newest first, each with its per-node report."""
+    return {"operations": state.operations.recent()}
