@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from router.config import FleetConfig
 from router.fanout import ControlPlane
 from router.pd.proxy import GenerationProxy
+from router.peers import WORKER_HEADER, Peers, WorkerPlace
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.routes import control, fleet, generate
@@ -22,12 +24,16 @@ from router.state import RouterState
 from router.upstream import new_session
 
 
-def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
+def create_app(
+    config: FleetConfig, admin_token: str | None, place: WorkerPlace | None = None
+) -> FastAPI:
     settings = config.router
     registry = FleetRegistry(config.nodes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        peers = Peers(registry, place)
+        await peers.start()
         session = new_session()
         poller = StatusPoller(registry, session, settings)
         app.state.router = RouterState(
@@ -38,6 +44,7 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
             proxy=GenerationProxy(registry, session, settings),
             poller=poller,
             admin=AdminGuard(admin_token),
+            peers=peers,
         )
         poller.start()
         # What exists now lives as long as the process: keep it out of every collection.
@@ -51,6 +58,7 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
         finally:
             await poller.stop()
             await session.close()
+            await peers.stop()
 
     app = FastAPI(title="pdfleet router", lifespan=lifespan)
     # Added first, so the body limit (added next) wraps it.
@@ -70,14 +78,26 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
     return app
 
 
-def serve(config: FleetConfig, admin_token: str | None, insecure_no_auth: bool = False) -> None:
+def serve(
+    config: FleetConfig,
+    admin_token: str | None,
+    insecure_no_auth: bool = False,
+    *,
+    place: WorkerPlace | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM: alone on `router.host:port`, or as worker `place` of
+    several on `sock`, its bound (not yet listening) share of the port."""
     settings = config.router
     check_bind(settings.host, admin_token, insecure_no_auth)
-    uvicorn.run(
-        create_app(config, admin_token),
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config, admin_token, place),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
-    )
+        # Which worker answered: for operators and tests; a router of one process has none.
+        headers=[] if place is None else [(WORKER_HEADER, str(place.index))],
+    ))
+    server.run(sockets=None if sock is None else [sock])

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from router.config import RouterSettings
 from router.fanout import ControlPlane
 from router.pd.proxy import GenerationProxy
+from router.peers import Peers
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.security import AdminGuard
@@ -25,6 +26,7 @@ class RouterState:
     proxy: GenerationProxy
     poller: StatusPoller
     admin: AdminGuard
+    peers: Peers
 
 
 def router_state(request: Request) -> RouterState:
