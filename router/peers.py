@@ -122,7 +122,10 @@ class Peers:
             await self._server.wait_closed()
 
     def running_operation(self) -> tuple[str, str] | None:
-        """The control operation running through any worker, as `control.json` says."""
+        """The control operation running through another worker, as `control.json` says
+        (a router of one process knows only its own)."""
+        if self._place is None:
+            return None
         running = self._read_control_state().get("running")
         if not isinstance(running, dict):
             return None
