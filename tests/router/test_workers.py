@@ -187,6 +187,16 @@ async def test_workers_die_with_a_killed_supervisor(stub_nodes, router):
     await all_gone(workers)
 
 
+async def test_a_dead_worker_stops_the_router(stub_nodes, router):
+    stubs = stub_nodes([{}, {}])
+    r = router(pd_fleet(stubs), workers=WORKERS)
+    workers = worker_processes(r)
+    workers[0].kill()
+    assert r.process.proc.wait(30) == 1
+    await all_gone(workers)
+    assert "worker 0 exited" in r.process.output()
+
+
 def test_bad_workers_option_or_a_taken_port_gets_a_clear_error(tmp_path):
     config = tmp_path / "router.yaml"
     config.write_text(f"router: {{port: {free_port()}}}\nnodes: []\n")
