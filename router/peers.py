@@ -101,10 +101,6 @@ class Peers:
         self._server: asyncio.AbstractServer | None = None
         self._applied_sequence = 0
 
-    @property
-    def index(self) -> int | None:
-        return None if self._place is None else self._place.index
-
     async def start(self) -> None:
         """Serve this worker's channel, then wait until every peer serves its own, so no
         change made through one worker can miss another that is still starting."""
@@ -122,8 +118,8 @@ class Peers:
             await self._server.wait_closed()
 
     def running_operation(self) -> tuple[str, str] | None:
-        """The control operation running through another worker, as `control.json` says
-        (a router of one process knows only its own)."""
+        """The control operation running through any worker, as `control.json` says (a
+        router of one process has only its control plane's own)."""
         if self._place is None:
             return None
         running = self._read_control_state().get("running")

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -112,9 +113,10 @@ class Supervisor:
         for worker in self.workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
         for worker in self.workers:
             try:
-                worker.wait(STOP_GRACE_S)
+                worker.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
