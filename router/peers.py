@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,9 +95,18 @@ def _unlock(fd: int) -> None:
 
 
 class Peers:
-    def __init__(self, registry: FleetRegistry, place: WorkerPlace | None) -> None:
+    def __init__(
+        self,
+        registry: FleetRegistry,
+        place: WorkerPlace | None,
+        on_peer_report: Callable[[FanoutReport], None] | None = None,
+    ) -> None:
+        """`on_peer_report` gets the report of every operation run through another worker,
+        after its node states are adopted: a per-process operations log records it there
+        (metrics must not, or multiprocess counters would count it once per worker)."""
         self._registry = registry
         self._place = place
+        self._on_peer_report = on_peer_report
         self._server: asyncio.AbstractServer | None = None
         self._applied_sequence = 0
 
@@ -145,13 +154,16 @@ class Peers:
                 "worker": place.index})
             # The nodes the fan-out targets: read before it starts, as the control plane does.
             targets = [node.url for node in self._registry.with_role(request.role)]
+            report: FanoutReport | None = None
             try:
-                return await control.run(request, request_id=request_id)
+                report = await control.run(request, request_id=request_id)
+                return report
             finally:
                 recorded = [self._registry.recorded_control(url) for url in targets]
                 await self._broadcast({
                     "kind": "control", "sequence": sequence,
-                    "nodes": [asdict(r) for r in recorded if r is not None]})
+                    "nodes": [asdict(r) for r in recorded if r is not None],
+                    "report": None if report is None else report.model_dump(mode="json")})
                 self._write_control_state(sequence, None)
         finally:
             _unlock(lock)
@@ -265,6 +277,8 @@ class Peers:
                 self._registry.adopt_control(RecordedControl(**{
                     **recorded, "health": Health(recorded["health"]),
                     "released_tags": tuple(recorded["released_tags"])}))
+            if message["report"] is not None and self._on_peer_report is not None:
+                self._on_peer_report(FanoutReport.model_validate(message["report"]))
         elif kind == "add":
             spec = NodeSpec.model_validate(message["node"])
             if self._registry.get(spec.url) is None:

@@ -75,8 +75,9 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class RecordedControl:
-    """What control operations have recorded about one node: what the router's other
-    worker processes adopt so they see the fleet as this one does."""
+    """What a control operation (and any refresh of the node right after it) left recorded
+    about one node: what the router's other worker processes adopt, so they see the node
+    as this one does. Only this process's own traffic (`outstanding`) is left out."""
 
     url: str
     health: Health
@@ -84,6 +85,10 @@ class RecordedControl:
     sleep_state_known: bool
     last_op: str | None
     last_error: str | None
+    memory: dict[str, Any] | None
+    node_inflight: int | None
+    checked_at: float | None
+    latency_ms: float | None
 
 
 def tags_after(op: str, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
@@ -150,7 +155,8 @@ class FleetRegistry:
         return RecordedControl(
             url=node.url, health=node.health, released_tags=tuple(sorted(node.released_tags)),
             sleep_state_known=node.sleep_state_known, last_op=node.last_op,
-            last_error=node.last_error,
+            last_error=node.last_error, memory=node.memory, node_inflight=node.node_inflight,
+            checked_at=node.checked_at, latency_ms=node.latency_ms,
         )
 
     def adopt_control(self, recorded: RecordedControl) -> None:
@@ -165,6 +171,10 @@ class FleetRegistry:
         node.sleep_state_known = recorded.sleep_state_known
         node.last_op = recorded.last_op
         node.last_error = recorded.last_error
+        node.memory = recorded.memory
+        node.node_inflight = recorded.node_inflight
+        node.checked_at = recorded.checked_at
+        node.latency_ms = recorded.latency_ms
 
     def record_poll(
         self,
