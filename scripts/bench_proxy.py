@@ -4,8 +4,10 @@ sglang-router and vllm-router in PD mode, on the same stub nodes, in one run.
 
     python scripts/bench_proxy.py [--duration 5] [--concurrency 32 128] [--json out.json]
 
-Each router runs pinned to CPU 1; the load generator (this process) and the stub nodes
-(scripts/bench_stub.py) share CPU 0. The load generator is a raw asyncio HTTP/1.1 client
+Each router runs pinned to CPU 1; the load generator (this process) runs on CPU 0 and the
+stub nodes (scripts/bench_stub.py) on the CPU after the router's, or on CPU 0 beside it on a
+2-CPU machine. `--workers 1 2 4` measures pdfleet once per worker count, each pinned to CPUs
+1..N (N + 2 CPUs needed). The load generator is a raw asyncio HTTP/1.1 client
 (uvloop, httptools) keeping one connection per concurrent request, so the stub and the client
 cost little next to the routers. Router CPU is the router process tree's user+system time
 over the measured window divided by the requests served in it: it does not depend on which
@@ -297,7 +299,7 @@ def measure_target(target: Target, args: argparse.Namespace) -> list[dict[str, A
     return cells
 
 
-def machine_line(pinning: bool) -> str:
+def machine_line(pinning: bool, stub_cpu: int | None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -307,7 +309,7 @@ def machine_line(pinning: bool) -> str:
     except OSError:
         pass
     where = (f"routers pinned to CPU {ROUTER_CPU} (pdfleet --workers N: CPUs {ROUTER_CPU} to "
-             f"N, stubs on the next), load generator and stubs on CPU {LOAD_CPU}"
+             f"N), load generator on CPU {LOAD_CPU}, stubs on CPU {stub_cpu}"
              if pinning else "no pinning (one CPU)")
     return (f"{cpu}, {os.cpu_count()} CPUs ({where}), Python {platform.python_version()}")
 
@@ -351,7 +353,7 @@ def main() -> None:
                                                           "vllm-router"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="pdfleet --workers counts, one target each, pinned to that many "
-                             "CPUs from CPU 1; with N > 1 the stubs get the next CPU")
+                             "CPUs from CPU 1; the stubs get the next CPU")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -364,8 +366,8 @@ def main() -> None:
                          f"{most} for the router and the stubs'")
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})
-    # Several workers serve more than one core's worth: the stubs get a core of their own.
-    stub_cpu = ROUTER_CPU + most if most > 1 else load_cpu
+    # Where there are CPUs to spare, the stubs get their own, after the router's.
+    stub_cpu = ROUTER_CPU + most if len(os.sched_getaffinity(0)) > 2 else load_cpu
     stub, prefill_port, decode_port = start_stub(args.chunks, args.chunk_gap_ms, stub_cpu)
     prefill, decode = f"http://127.0.0.1:{prefill_port}", f"http://127.0.0.1:{decode_port}"
     notes: dict[str, str] = {"direct": "straight to the decode stub, no router"}
@@ -398,7 +400,7 @@ def main() -> None:
                     stop(target.proc)
     finally:
         stop(stub)
-    machine = machine_line(pinning)
+    machine = machine_line(pinning, stub_cpu)
     print(f"machine: {machine}")
     print(f"route: POST /v1/completions; streaming = {args.chunks} SSE chunks "
           f"{args.chunk_gap_ms} ms apart; {args.duration:.0f} s per cell after "
