@@ -26,7 +26,10 @@ from tests.procs import ROOT, Router, eventually, free_port
 pytestmark = pytest.mark.timeout(90)
 
 WORKERS = 2
-MAX_CONNECTIONS = 200  # fresh connections tried before giving up on hearing every worker
+# Fresh connections tried, and seconds spent, before giving up on hearing every worker: a
+# worker that is still starting gets no connections from the kernel yet.
+MAX_CONNECTIONS = 2000
+MAX_WAIT_S = 20
 GENERATE = {"text": "hi", "sampling_params": {"max_new_tokens": 4}}
 
 
@@ -50,11 +53,12 @@ async def from_every_worker(http: aiohttp.ClientSession, method: str, url: str,
                             **kwargs: Any) -> dict[int, list[tuple[int, Any]]]:
     """Every (status, body) the workers answered, by worker, once each has answered."""
     answers: dict[int, list[tuple[int, Any]]] = {}
-    for _ in range(MAX_CONNECTIONS):
-        worker, status, body = await call(http, method, url, **kwargs)
-        answers.setdefault(worker, []).append((status, body))
-        if len(answers) == WORKERS:
-            return answers
+    async with asyncio.timeout(MAX_WAIT_S):
+        for _ in range(MAX_CONNECTIONS):
+            worker, status, body = await call(http, method, url, **kwargs)
+            answers.setdefault(worker, []).append((status, body))
+            if len(answers) == WORKERS:
+                return answers
     raise AssertionError(f"only workers {sorted(answers)} answered {MAX_CONNECTIONS} requests")
 
 
@@ -104,7 +108,7 @@ async def test_one_control_operation_at_a_time_across_workers(stub_nodes, router
     stubs = stub_nodes([hung, {}])
     r = router(pd_fleet(stubs), workers=WORKERS, poll_interval_s=3600)
     release = asyncio.ensure_future(
-        call(fresh, "POST", f"{r.url}/release_memory_occupation?timeout=8", json={}))
+        call(fresh, "POST", f"{r.url}/release_memory_occupation?timeout=15", json={}))
 
     async def running() -> bool:
         _, _, view = await call(fresh, "GET", f"{r.url}/cluster/status")
