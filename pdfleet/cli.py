@@ -51,16 +51,24 @@ def router(
     insecure_no_auth: Annotated[
         bool, typer.Option(help="Allow a non-loopback bind without an admin token.")
     ] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Router processes sharing the port (SO_REUSEPORT), one fleet view.")] = 1,
 ) -> None:
     """Run the router alone."""
     from router.app import serve
+    from router.workers import run_workers
 
     fleet = _load_config(config)
     if host is not None:
         fleet.router.host = host
     if port is not None:
         fleet.router.port = port
-    serve(fleet, admin_token_from_env(), insecure_no_auth)
+    if workers == 1:
+        serve(fleet, admin_token_from_env(), insecure_no_auth)
+        return
+    code = run_workers(fleet, admin_token_from_env(), insecure_no_auth, workers,
+                       lambda message: err_console.print(message))
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -9,7 +9,6 @@ SIGKILL to what is left after a bound, so no process the fleet started outlives 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -31,20 +30,11 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from router.config import FleetConfig, NodeSpec, Role
+from router.workers import die_with_parent
 
 STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.2
 LOG_TAIL_LINES = 20
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_launcher() -> None:
-    """Runs in each child before exec: on Linux the kernel sends it SIGTERM when `pdfleet up`
-    dies, even by SIGKILL, so a killed launcher leaves no fleet behind."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LaunchError(Exception):
@@ -64,7 +54,7 @@ class Child:
             self.proc = subprocess.Popen(
                 self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopped as a whole
-                preexec_fn=_die_with_launcher,
+                preexec_fn=die_with_parent,  # a killed launcher leaves no fleet behind
             )
 
     def exit_code(self) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from router.fanout import ControlPlane, FanoutReport
 from router.metrics import RequestCounting, RouterMetrics
 from router.operations import OperationLog
 from router.pd.proxy import GenerationProxy
+from router.peers import WORKER_HEADER, Peers, WorkerPlace
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.routes import control, fleet, generate, observability
@@ -26,7 +28,9 @@ from router.state import RouterState
 from router.upstream import new_session
 
 
-def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
+def create_app(
+    config: FleetConfig, admin_token: str | None, place: WorkerPlace | None = None
+) -> FastAPI:
     settings = config.router
     registry = FleetRegistry(config.nodes)
     metrics = RouterMetrics(registry)
@@ -34,6 +38,8 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        peers = Peers(registry, place, on_peer_report=operations.record)
+        await peers.start()
         session = new_session()
         poller = StatusPoller(registry, session, settings)
 
@@ -55,6 +61,7 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
             admin=AdminGuard(admin_token),
             metrics=metrics,
             operations=operations,
+            peers=peers,
         )
         poller.start()
         # What exists now lives as long as the process: keep it out of every collection.
@@ -68,6 +75,7 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
         finally:
             await poller.stop()
             await session.close()
+            await peers.stop()
 
     app = FastAPI(title="pdfleet router", lifespan=lifespan)
     # Inside GenerationRoutes, so it counts every route but generation (which counts itself).
@@ -91,14 +99,26 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
     return app
 
 
-def serve(config: FleetConfig, admin_token: str | None, insecure_no_auth: bool = False) -> None:
+def serve(
+    config: FleetConfig,
+    admin_token: str | None,
+    insecure_no_auth: bool = False,
+    *,
+    place: WorkerPlace | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM: alone on `router.host:port`, or as worker `place` of
+    several on `sock`, its bound (not yet listening) share of the port."""
     settings = config.router
     check_bind(settings.host, admin_token, insecure_no_auth)
-    uvicorn.run(
-        create_app(config, admin_token),
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config, admin_token, place),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
-    )
+        # Which worker answered: for operators and tests; a router of one process has none.
+        headers=[] if place is None else [(WORKER_HEADER, str(place.index))],
+    ))
+    server.run(sockets=None if sock is None else [sock])

@@ -166,10 +166,10 @@ class ControlPlane:
     def running(self) -> tuple[str, str] | None:
         return self._running
 
-    async def run(self, request: ControlRequest) -> FanoutReport:
+    async def run(self, request: ControlRequest, request_id: str | None = None) -> FanoutReport:
         if self._running is not None:
             raise OperationInProgress(*self._running)
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         self._running = (request.operation, request_id)
         try:
             report = await self._run(request, request_id)

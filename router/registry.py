@@ -73,6 +73,24 @@ class Node:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedControl:
+    """What a control operation (and any refresh of the node right after it) left recorded
+    about one node: what the router's other worker processes adopt, so they see the node
+    as this one does. Only this process's own traffic (`outstanding`) is left out."""
+
+    url: str
+    health: Health
+    released_tags: tuple[str, ...]
+    sleep_state_known: bool
+    last_op: str | None
+    last_error: str | None
+    memory: dict[str, Any] | None
+    node_inflight: int | None
+    checked_at: float | None
+    latency_ms: float | None
+
+
 def tags_after(op: str, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
     """What a node has released after `op` with `tags`, when its reply does not say."""
     if op == "release_memory_occupation":
@@ -129,6 +147,34 @@ class FleetRegistry:
         elif op != "flush_cache":
             node.released_tags = tags_after(op, node.released_tags, tags)
             node.sleep_state_known = True
+
+    def recorded_control(self, url: str) -> RecordedControl | None:
+        node = self.get(url)
+        if node is None:
+            return None
+        return RecordedControl(
+            url=node.url, health=node.health, released_tags=tuple(sorted(node.released_tags)),
+            sleep_state_known=node.sleep_state_known, last_op=node.last_op,
+            last_error=node.last_error, memory=node.memory, node_inflight=node.node_inflight,
+            checked_at=node.checked_at, latency_ms=node.latency_ms,
+        )
+
+    def adopt_control(self, recorded: RecordedControl) -> None:
+        """Take what another worker's control operation recorded; a poll that began
+        before this must not overwrite it, as after `record_control`."""
+        node = self.get(recorded.url)
+        if node is None:
+            return  # removed meanwhile
+        node.version += 1
+        node.health = recorded.health
+        node.released_tags = frozenset(recorded.released_tags)
+        node.sleep_state_known = recorded.sleep_state_known
+        node.last_op = recorded.last_op
+        node.last_error = recorded.last_error
+        node.memory = recorded.memory
+        node.node_inflight = recorded.node_inflight
+        node.checked_at = recorded.checked_at
+        node.latency_ms = recorded.latency_ms
 
     def record_poll(
         self,

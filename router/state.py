@@ -13,6 +13,7 @@ from router.fanout import ControlPlane
 from router.metrics import RouterMetrics
 from router.operations import OperationLog
 from router.pd.proxy import GenerationProxy
+from router.peers import Peers
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.security import AdminGuard
@@ -29,6 +30,7 @@ class RouterState:
     admin: AdminGuard
     metrics: RouterMetrics
     operations: OperationLog
+    peers: Peers
 
 
 def router_state(request: Request) -> RouterState:

@@ -4,8 +4,10 @@ sglang-router and vllm-router in PD mode, on the same stub nodes, in one run.
 
     python scripts/bench_proxy.py [--duration 5] [--concurrency 32 128] [--json out.json]
 
-Each router runs pinned to CPU 1; the load generator (this process) and the stub nodes
-(scripts/bench_stub.py) share CPU 0. The load generator is a raw asyncio HTTP/1.1 client
+Each router runs pinned to CPU 1; the load generator (this process) runs on CPU 0 and the
+stub nodes (scripts/bench_stub.py) on the CPU after the router's, or on CPU 0 beside it on a
+2-CPU machine. `--workers 1 2 4` measures pdfleet once per worker count, each pinned to CPUs
+1..N (N + 2 CPUs needed). The load generator is a raw asyncio HTTP/1.1 client
 (uvloop, httptools) keeping one connection per concurrent request, so the stub and the client
 cost little next to the routers. Router CPU is the router process tree's user+system time
 over the measured window divided by the requests served in it: it does not depend on which
@@ -55,14 +57,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pinned(cpu: int | None) -> Callable[[], None] | None:
-    """A preexec hook that pins the child (and every thread it starts) to `cpu`."""
+def pinned(cpu: int | set[int] | None) -> Callable[[], None] | None:
+    """A preexec hook that pins the child (and every thread and process it starts) to `cpu`."""
     if cpu is None:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+    return lambda: os.sched_setaffinity(0, {cpu} if isinstance(cpu, int) else cpu)
 
 
-def spawn(args: list[str], cpu: int | None, env: dict[str, str] | None = None,
+def spawn(args: list[str], cpu: int | set[int] | None, env: dict[str, str] | None = None,
           stdout: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=stdout,
                             stderr=subprocess.STDOUT, start_new_session=True,
@@ -227,7 +229,7 @@ def start_stub(chunks: int, gap_ms: float, cpu: int | None) -> tuple[subprocess.
 
 
 def router_command(name: str, prefill: str, decode: str, bootstrap_port: int, port: int,
-                   tmp: Path) -> tuple[list[str], dict[str, str], str | None]:
+                   tmp: Path, workers: int = 1) -> tuple[list[str], dict[str, str], str | None]:
     """A router's command line, its environment, and the module it needs (None: ours)."""
     if name == "pdfleet":
         config = tmp / "pdfleet.yaml"
@@ -236,7 +238,8 @@ def router_command(name: str, prefill: str, decode: str, bootstrap_port: int, po
             "nodes": [{"url": prefill, "role": "prefill", "bootstrap_port": bootstrap_port},
                       {"url": decode, "role": "decode"}],
         }))
-        return [sys.executable, "-m", "pdfleet", "router", "--config", str(config)], {}, None
+        return [sys.executable, "-m", "pdfleet", "router", "--config", str(config),
+                "--workers", str(workers)], {}, None
     # Both peers export Prometheus metrics on a fixed port by default; give each a free one.
     listen = ["--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin",
               "--prometheus-port", str(free_port())]
@@ -264,8 +267,8 @@ def serves_completions(port: int) -> bool:
         return False
 
 
-def start_router(name: str, args: list[str], env: dict[str, str], port: int, cpu: int | None,
-                 log: Path) -> tuple[Target | None, str]:
+def start_router(name: str, args: list[str], env: dict[str, str], port: int,
+                 cpu: int | set[int] | None, log: Path) -> tuple[Target | None, str]:
     """The running router, or None and why not."""
     with log.open("wb") as out:
         proc = spawn(args, cpu, env, stdout=out.fileno())
@@ -296,7 +299,7 @@ def measure_target(target: Target, args: argparse.Namespace) -> list[dict[str, A
     return cells
 
 
-def machine_line(pinning: bool) -> str:
+def machine_line(pinning: bool, stub_cpu: int | None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -305,7 +308,8 @@ def machine_line(pinning: bool) -> str:
                 break
     except OSError:
         pass
-    where = (f"routers pinned to CPU {ROUTER_CPU}, load generator and stubs on CPU {LOAD_CPU}"
+    where = (f"routers pinned to CPU {ROUTER_CPU} (pdfleet --workers N: CPUs {ROUTER_CPU} to "
+             f"N), load generator on CPU {LOAD_CPU}, stubs on CPU {stub_cpu}"
              if pinning else "no pinning (one CPU)")
     return (f"{cpu}, {os.cpu_count()} CPUs ({where}), Python {platform.python_version()}")
 
@@ -324,6 +328,20 @@ def print_table(cells: list[dict[str, Any]]) -> None:
               f"{c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {added} | {cpu} | {c['errors']} |")
 
 
+def print_scaling(cells: list[dict[str, Any]]) -> None:
+    """pdfleet with N workers against N times its one-process rate, per mode and concurrency."""
+    one = {(c["mode"], c["concurrency"]): c["rps"] for c in cells if c["target"] == "pdfleet"}
+    several = [c for c in cells if c["target"].startswith("pdfleet") and c["workers"] > 1]
+    if not several or not one:
+        return
+    print("\n| workers | mode | concurrency | req/s | one worker's req/s | of N x one worker's |")
+    print("|---|---|---|---|---|---|")
+    for c in several:
+        base = one[(c["mode"], c["concurrency"])]
+        print(f"| {c['workers']} | {c['mode']} | {c['concurrency']} | {c['rps']:.0f} | "
+              f"{base:.0f} | {c['rps'] / (c['workers'] * base):.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
@@ -333,40 +351,56 @@ def main() -> None:
     parser.add_argument("--chunk-gap-ms", type=float, default=1.0)
     parser.add_argument("--routers", nargs="+", default=["pdfleet", "sglang-router",
                                                           "vllm-router"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="pdfleet --workers counts, one target each, pinned to that many "
+                             "CPUs from CPU 1; the stubs get the next CPU")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     pinning = len(os.sched_getaffinity(0)) > 1
     load_cpu = LOAD_CPU if pinning else None
     router_cpu = ROUTER_CPU if pinning else None
+    most = max(args.workers)
+    if most > 1 and len(os.sched_getaffinity(0)) < most + 2:
+        raise SystemExit(f"--workers {most} needs {most + 2} CPUs: the load generator's, "
+                         f"{most} for the router and the stubs'")
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})
-    stub, prefill_port, decode_port = start_stub(args.chunks, args.chunk_gap_ms, load_cpu)
+    # Where there are CPUs to spare, the stubs get their own, after the router's.
+    stub_cpu = ROUTER_CPU + most if len(os.sched_getaffinity(0)) > 2 else load_cpu
+    stub, prefill_port, decode_port = start_stub(args.chunks, args.chunk_gap_ms, stub_cpu)
     prefill, decode = f"http://127.0.0.1:{prefill_port}", f"http://127.0.0.1:{decode_port}"
     notes: dict[str, str] = {"direct": "straight to the decode stub, no router"}
     cells: list[dict[str, Any]] = []
     try:
         cells += measure_target(Target("direct", decode_port), args)
         with tempfile.TemporaryDirectory() as tmp:
-            for name in args.routers:
+            runs = [(name, n) for name in args.routers
+                    for n in (args.workers if name == "pdfleet" else [1])]
+            for router_name, workers in runs:
+                name = router_name if workers == 1 else f"{router_name} --workers {workers}"
                 port = free_port()
-                cmd, env, module = router_command(name, prefill, decode, 8998, port, Path(tmp))
+                cmd, env, module = router_command(router_name, prefill, decode, 8998, port,
+                                                  Path(tmp), workers)
                 if module is not None and importlib.util.find_spec(module) is None:
                     notes[name] = f"skipped: not installed (pip install {name})"
                     continue
-                target, why = start_router(name, cmd, env, port, router_cpu,
-                                           Path(tmp) / f"{name}.log")
+                cpus = None if router_cpu is None else set(
+                    range(router_cpu, router_cpu + workers))
+                target, why = start_router(name, cmd, env, port, cpus,
+                                           Path(tmp) / f"{router_name}-{workers}.log")
                 notes[name] = why if target is not None else f"skipped: {why}"
                 if target is None:
                     continue
                 assert target.proc is not None
                 try:
-                    cells += measure_target(target, args)
+                    cells += [{**cell, "workers": workers}
+                              for cell in measure_target(target, args)]
                 finally:
                     stop(target.proc)
     finally:
         stop(stub)
-    machine = machine_line(pinning)
+    machine = machine_line(pinning, stub_cpu)
     print(f"machine: {machine}")
     print(f"route: POST /v1/completions; streaming = {args.chunks} SSE chunks "
           f"{args.chunk_gap_ms} ms apart; {args.duration:.0f} s per cell after "
@@ -375,6 +409,7 @@ def main() -> None:
         print(f"- {name}: {note}")
     print()
     print_table(cells)
+    print_scaling(cells)
     if args.json:
         args.json.write_text(json.dumps({
             "machine": machine, "chunks": args.chunks, "chunk_gap_ms": args.chunk_gap_ms,

@@ -117,10 +117,11 @@ class StubNodes:
 
 
 class Router:
-    """A real `pdfleet router` process on a free port."""
+    """A real `pdfleet router` process on a free port (with `workers` > 1, the supervisor of
+    that many router processes)."""
 
     def __init__(self, tmp: Path, nodes: list[dict[str, Any]], env: dict[str, str] | None = None,
-                 **settings: Any) -> None:
+                 workers: int = 1, **settings: Any) -> None:
         self.port = free_port()
         config = {"router": {"port": self.port, "poll_interval_s": 0.5, **settings},
                   "nodes": nodes}
@@ -128,7 +129,8 @@ class Router:
         self.config_path.write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = Process(
-            [sys.executable, "-m", "pdfleet", "router", "--config", str(self.config_path)],
+            [sys.executable, "-m", "pdfleet", "router", "--config", str(self.config_path),
+             "--workers", str(workers)],
             env=env,
         )
         wait_http_ok(f"{self.url}/health", self.process)

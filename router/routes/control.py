@@ -85,7 +85,7 @@ async def control(request: Request, state: State) -> JSONResponse:
         authorization=request.headers.get("authorization"),
     )
     try:
-        report = await state.control.run(control_request)
+        report = await state.peers.run_control(state.control, control_request)
     except OperationInProgress as exc:
         raise HTTPException(409, detail=str(exc)) from None
     status, payload = report.reply()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.config import NodeSpec, Role, describe_validation_error
+from router.peers import MembershipBusy
 from router.state import State
 
 router = APIRouter()
@@ -28,7 +29,7 @@ async def health() -> dict[str, str]:
 
 @router.get("/cluster/status")
 async def cluster_status(state: State) -> dict:
-    running = state.control.running
+    running = state.control.running or state.peers.running_operation()
     return {
         "summary": state.registry.summary(),
         "control_operation": None if running is None else {
@@ -59,9 +60,11 @@ async def add_worker(request: Request, state: State) -> dict:
     except ValidationError as exc:
         raise HTTPException(422, detail=describe_validation_error(exc)) from None
     try:
-        node = state.registry.add(spec)
+        node = await state.peers.add_node(spec)
     except KeyError:
         raise HTTPException(409, detail=f"worker {spec.url} is already registered") from None
+    except MembershipBusy as exc:
+        raise HTTPException(503, detail=str(exc)) from None
     return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port}
 
 
@@ -71,7 +74,9 @@ async def remove_worker(
 ) -> dict:
     state.admin(request)
     try:
-        node = state.registry.remove(url)
+        node = await state.peers.remove_node(url)
     except KeyError:
         raise HTTPException(404, detail=f"worker {url} is not registered") from None
+    except MembershipBusy as exc:
+        raise HTTPException(503, detail=str(exc)) from None
     return {"removed": node.url}
