@@ -66,12 +66,8 @@ class Admission:
         if self._closed_reason is not None:
             raise NotAdmitted(self._closed_reason)
 
-    def admit(self, label: str) -> InflightWork:
-        self.check()
-        return self.register(label)
-
     def register(self, label: str) -> InflightWork:
-        """Track work that is already committed (e.g. a hand-off owed by an admitted request)."""
+        """Track admitted work: a request, or a hand-off owed by one."""
         key = next(self._ids)
         work = InflightWork(label, on_finish=lambda _: self._forget(key))
         self._inflight[key] = work

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from node.admission import Admission, InflightWork
 from node.engine.engine import Engine, GenerationUpdate, Prefilled
 from node.engine.sampler import SamplingParams
-from node.errors import BadRequest, HandoffFailed
+from node.errors import BadRequest, HandoffFailed, NotAdmitted
 from node.options import Role
 from node.pd.puller import BootstrapTarget, KVPuller
 from node.pd.store import HandoffStore
@@ -79,12 +79,26 @@ class GenerationService:
                 "a decode node needs bootstrap_host, bootstrap_port and bootstrap_room"
             )
 
-    def check_admission(self) -> None:
-        self._admission.check()
+    def check_admission(self, requests: list[GenerationRequest]) -> None:
+        """Raise NotAdmitted while admission is closed. A decode node that refuses a request
+        will never pull its KV, so it tells the prefill node to drop it at once: otherwise
+        the prefill node holds it (as in-flight work that its own release drains) until the
+        KV's TTL passes."""
+        try:
+            self._admission.check()
+        except NotAdmitted as refused:
+            if self._puller is not None:
+                for request in requests:
+                    boot = request.bootstrap
+                    if boot.host is not None and boot.port is not None and boot.room is not None:
+                        self._puller.decline(
+                            BootstrapTarget(boot.host, boot.port, boot.room), refused.message)
+            raise
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         self.validate(request)
-        work = self._admission.admit(f"generate {request.rid}")
+        self.check_admission([request])
+        work = self._admission.register(f"generate {request.rid}")
         generated = 0
         try:
             if self.role == "decode":

@@ -112,7 +112,7 @@ async def generate(request: Request) -> Response | list[dict[str, Any]] | dict[s
     service = runtime.service
     for one in requests:
         service.validate(one)
-    service.check_admission()
+    service.check_admission(requests)
     if body.stream:
         if batched:
             raise BadRequest("streaming takes a single prompt")

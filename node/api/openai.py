@@ -216,7 +216,7 @@ async def _serve(
     one = body.to_request()
     service = runtime.service
     service.validate(one)
-    service.check_admission()
+    service.check_admission([one])
     usage = body.stream_options is not None and body.stream_options.include_usage
     renderer = _Renderer(kind, one, body.model or runtime.options.model_name, usage)
     if body.stream:

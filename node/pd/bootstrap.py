@@ -3,6 +3,8 @@
 `GET /kv/{room}?wait_s=S` long-polls up to S seconds (default 10, at most 60) for the room's
 KV: 200 with the binary payload (see payload.py), 404 when it has not arrived in time (pull
 again), 410 when it was dropped, expired or already handed off (it never will arrive).
+`DELETE /kv/{room}?reason=...`: the decode node will never pull the room (it refused the
+request); its KV is freed now, or as soon as the prefill computes it.
 """
 
 from __future__ import annotations
@@ -31,5 +33,9 @@ def create_bootstrap_app(store: HandoffStore) -> FastAPI:
         room: int, wait_s: float = Query(DEFAULT_WAIT_S, ge=0, le=MAX_WAIT_S)
     ) -> Response:
         return Response(await store.claim(room, wait_s), media_type=CONTENT_TYPE)
+
+    @app.delete("/kv/{room}")
+    async def decline_kv(room: int, reason: str = Query("", max_length=200)) -> dict[str, bool]:
+        return {"dropped": store.decline(room, reason or "no reason given")}
 
     return app

@@ -8,6 +8,7 @@ pull starts: the puller long-polls until the KV arrives, the prefill node says i
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,6 +21,9 @@ _LONG_POLL_S = 10.0
 # The prefill node may not be listening yet (it is started alongside); retry that quickly.
 _CONNECT_RETRY_S = 0.1
 _ERROR_BODY_BYTES = 500
+_DECLINE_TIMEOUT_S = 5.0
+
+log = logging.getLogger("node.pd")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,22 @@ class KVPuller:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._declines: set[asyncio.Task[None]] = set()
+
+    def decline(self, target: BootstrapTarget, reason: str) -> None:
+        """Tell the prefill node, in the background, that this node will never pull `target`'s
+        KV, so it frees it now. Best effort: if the call fails, the KV's TTL still frees it."""
+        task = asyncio.ensure_future(self._decline(target, reason))
+        self._declines.add(task)
+        task.add_done_callback(self._declines.discard)
+
+    async def _decline(self, target: BootstrapTarget, reason: str) -> None:
+        try:
+            async with asyncio.timeout(_DECLINE_TIMEOUT_S):
+                await self._get_session().delete(target.url, params={"reason": reason[:200]})
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            log.info("could not decline KV room %d at %s:%d: %s",
+                     target.room, target.host, target.port, error)
 
     async def pull(self, target: BootstrapTarget, work: InflightWork) -> KVHandoff:
         poll = asyncio.ensure_future(asyncio.wait_for(self._poll(target), self.timeout_s))
@@ -93,5 +113,6 @@ class KVPuller:
         return self._session
 
     async def close(self) -> None:
+        await asyncio.gather(*self._declines, return_exceptions=True)
         if self._session is not None:
             await self._session.close()

@@ -1,8 +1,9 @@
 """KV a prefill node has computed and still owes a decode node, by bootstrap room.
 
 Each held room keeps its KV slot and counts as in-flight work, so a memory release drains
-(or aborts) it like a running request. Unclaimed KV is dropped after `ttl_s`. A dropped or
-claimed room leaves a tombstone, so a late or repeated pull fails at once with the reason.
+(or aborts) it like a running request. Unclaimed KV is dropped after `ttl_s`, or at once when
+the decode node declines the room (it refused the request, so it will never pull). A dropped
+or claimed room leaves a tombstone, so a late or repeated pull fails at once with the reason.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class HandoffStore:
         self._ttl_s = ttl_s
         self._held: dict[int, _Held] = {}
         self._gone: OrderedDict[int, str] = OrderedDict()
+        # Rooms declined before their KV was computed: the KV is dropped as it arrives.
+        self._declined: OrderedDict[int, str] = OrderedDict()
         self._changed = asyncio.Event()
 
     @property
@@ -48,6 +51,11 @@ class HandoffStore:
         """Keep `prefilled` (its slot included) until a decode node claims `room`."""
         if room in self._held:
             raise BadRequest(f"bootstrap_room {room} already holds KV waiting for its decode node")
+        if room in self._declined:
+            self._engine.free(prefilled)
+            self._gone[room] = self._declined.pop(room)
+            self._notify()
+            return
         self._gone.pop(room, None)
         work = self._admission.register(f"kv hand-off for room {room}")
         work.on_abort(lambda reason: self._drop(room, f"KV for room {room} was dropped: {reason}"))
@@ -85,6 +93,19 @@ class HandoffStore:
             return encode(handoff)
         finally:
             self._forget(room, f"KV for room {room} was already handed off", held)
+
+    def decline(self, room: int, reason: str) -> bool:
+        """The decode node will never pull `room`: drop its KV now, or as soon as it is held.
+        True if KV was held."""
+        why = f"KV for room {room} was declined by its decode node: {reason}"
+        if room in self._held:
+            self._drop(room, why)
+            return True
+        if room not in self._gone:
+            self._declined[room] = why
+            while len(self._declined) > _TOMBSTONES:
+                self._declined.popitem(last=False)
+        return False
 
     def drop_all(self, reason: str) -> int:
         rooms = list(self._held)

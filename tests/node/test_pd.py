@@ -163,3 +163,32 @@ async def test_prefill_drops_unclaimed_kv_after_ttl(
     ) as reply:
         assert reply.status == 410
         assert "expired" in (await reply.json())["message"]
+
+
+@pytest.mark.parametrize("prefill_first", [True, False])
+async def test_a_decode_node_that_refuses_declines_the_kv_so_prefill_frees_it_at_once(
+    http: aiohttp.ClientSession, start_node: StartNode, prefill_first: bool
+) -> None:
+    # A TTL far past the test's bound: only the decline can free the KV in time.
+    long_ttl = start_node("--kv-ttl-s", "600", role="prefill")
+    asleep = start_node(role="decode")
+    status, _ = await post(http, f"{asleep.url}/release_memory_occupation", {"tags": None})
+    assert status == 200
+    body = pd_body(long_ttl, "decode is asleep")
+    to_prefill = post(http, f"{long_ttl.url}/generate", body)
+    to_decode = post(http, f"{asleep.url}/generate", body)
+    if prefill_first:
+        prefill_status, _ = await to_prefill
+        decode_status, _ = await to_decode
+    else:
+        decode_status, _ = await to_decode
+        prefill_status, _ = await to_prefill
+    assert (prefill_status, decode_status) == (200, 503)
+    await wait_for_info(
+        http, long_ttl, lambda info: info["held_kv_handoffs"] == 0 and info["inflight"] == 0
+    )
+    async with http.get(
+        f"http://127.0.0.1:{long_ttl.bootstrap_port}/kv/{body['bootstrap_room']}"
+    ) as reply:
+        assert reply.status == 410
+        assert "declined by its decode node" in (await reply.json())["message"]
