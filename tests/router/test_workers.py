@@ -219,3 +219,38 @@ def test_bad_workers_option_or_a_taken_port_gets_a_clear_error(tmp_path):
         done = pdfleet_router("--workers", "2", "--port", str(taken.getsockname()[1]))
     assert done.returncode == 1 and "cannot serve on 127.0.0.1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def sample(metrics_text: str, name: str, **labels: str) -> float:
+    """The value of one series in a Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+async def test_every_worker_shows_the_same_operations_log_and_metrics(stub_nodes, router, fresh):
+    stubs = stub_nodes([{}, {}])
+    r = router(pd_fleet(stubs), workers=WORKERS, poll_interval_s=3600)
+    _, status, done = await call(fresh, "POST", f"{r.url}/release_memory_occupation", json={})
+    assert status == 200
+    logs = await from_every_worker(fresh, "GET", f"{r.url}/cluster/operations")
+    for replies in logs.values():
+        for _, body in replies:
+            assert [op["request_id"] for op in body["operations"]] == [done["request_id"]]
+    for worker in range(WORKERS):
+        text = ""
+
+        async def scraped(worker: int = worker) -> bool:
+            nonlocal text
+            async with fresh.get(f"{r.url}/metrics") as resp:
+                text = await resp.text()
+                return int(resp.headers["X-Pdfleet-Worker"]) == worker
+
+        await eventually(scraped, within_s=MAX_WAIT_S)
+        assert sample(text, "pdfleet_control_operations_total",
+                      operation="release_memory_occupation", outcome="success") == 1
+        assert sample(text, "pdfleet_node_sleeping", node=stubs.urls[1]) == 1
