@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.config import NodeSpec, Role, describe_validation_error
+from router.engines import DEFAULT_ENGINE, ENGINES
+from router.routes.schemas import errors, json_body
 from router.state import State
 
 router = APIRouter()
@@ -19,6 +22,7 @@ class WorkerIn(BaseModel):
     url: str
     role: Role
     bootstrap_port: int | None = Field(None, ge=1, le=65535)
+    engine: Literal[tuple(ENGINES)] = DEFAULT_ENGINE  # type: ignore[valid-type]
 
 
 @router.get("/health")
@@ -41,12 +45,14 @@ async def cluster_status(state: State) -> dict:
 @router.get("/workers")
 async def list_workers(state: State) -> dict:
     return {"workers": [
-        {"url": n.url, "role": n.role.value, "bootstrap_port": n.bootstrap_port}
+        {"url": n.url, "role": n.role.value, "bootstrap_port": n.bootstrap_port,
+         "engine": n.engine}
         for n in state.registry.all()
     ]}
 
 
-@router.post("/workers", status_code=201)
+@router.post("/workers", status_code=201, openapi_extra=json_body(WorkerIn, required=True),
+             responses=errors(400, 401, 409, 413, 422))
 async def add_worker(request: Request, state: State) -> dict:
     state.admin(request)
     try:
@@ -55,17 +61,19 @@ async def add_worker(request: Request, state: State) -> dict:
         raise HTTPException(400, detail=f"request body is not valid JSON: {exc}") from None
     try:
         worker = WorkerIn.model_validate(payload)
-        spec = NodeSpec(url=worker.url, role=worker.role, bootstrap_port=worker.bootstrap_port)
+        spec = NodeSpec(url=worker.url, role=worker.role, bootstrap_port=worker.bootstrap_port,
+                        engine=worker.engine)
     except ValidationError as exc:
         raise HTTPException(422, detail=describe_validation_error(exc)) from None
     try:
         node = state.registry.add(spec)
     except KeyError:
         raise HTTPException(409, detail=f"worker {spec.url} is already registered") from None
-    return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port}
+    return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port,
+            "engine": node.engine}
 
 
-@router.delete("/workers")
+@router.delete("/workers", responses=errors(401, 404, 422))
 async def remove_worker(
     request: Request, url: str, state: State
 ) -> dict:
