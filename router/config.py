@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.engines import DEFAULT_ENGINE, ENGINES
 
@@ -67,6 +75,13 @@ class NodeSpec(_Strict):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         return engine
+
+    @model_validator(mode="after")
+    def _launched_nodes_speak_sglang(self) -> NodeSpec:
+        if self.launch is not None and self.engine != DEFAULT_ENGINE:
+            raise ValueError(f"launch starts a pdfleet node, whose API is {DEFAULT_ENGINE}; "
+                             f"a node with engine {self.engine} is started by its own server")
+        return self
 
 
 class FleetConfig(_Strict):

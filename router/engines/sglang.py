@@ -37,7 +37,12 @@ class SGLang(Engine):
     name = "sglang"
 
     async def control(self, url: str, call: ControlCall) -> ControlOutcome:
-        reply = await self.post(f"{url}/{call.operation}", call, call.body)
+        body, headers = call.body, call.headers
+        if not body.strip():
+            # SGLang's handlers require a body (FastAPI answers 422 without one): an empty
+            # request (vLLM clients send none) is the empty object, i.e. every tag.
+            body, headers = b"{}", {**headers, "Content-Type": "application/json"}
+        reply = await self.post(f"{url}/{call.operation}", call, body, headers)
         elapsed = round(reply.elapsed_ms, 2)
         if not reply.ok:
             return ControlOutcome(elapsed_ms=elapsed, status=reply.status,
