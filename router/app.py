@@ -16,7 +16,7 @@ from router.fanout import ControlPlane
 from router.pd.proxy import GenerationProxy
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
-from router.routes import control, fleet, generate, generation_docs
+from router.routes import control, fleet, generate, generation_docs, methods
 from router.security import AdminGuard, BodyLimitMiddleware, check_bind
 from router.state import RouterState
 from router.upstream import new_session
@@ -64,6 +64,7 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
         )
         return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
 
+    app.add_exception_handler(405, methods.method_not_allowed)
     app.include_router(control.router)
     app.include_router(fleet.router)
     app.include_router(generate.router)

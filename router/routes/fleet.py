@@ -7,7 +7,7 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from router.config import NodeSpec, Role, describe_validation_error
 from router.engines import DEFAULT_ENGINE, ENGINES
@@ -17,12 +17,29 @@ from router.state import State
 router = APIRouter()
 
 
+# http(s)://host[:port], host a DNS name or an IPv4 address, spelled out so that the published
+# schema says exactly which URLs POST /workers takes (IPv6 nodes go in the config file).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_NAME = rf"({_LABEL}\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?"
+WORKER_URL = rf"^https?://({_NAME}|({_OCTET}\.){{3}}{_OCTET})(:{_PORT})?/?$"
+
+
 class WorkerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str
+    url: str = Field(pattern=WORKER_URL)
     role: Role
     bootstrap_port: int | None = Field(None, ge=1, le=65535)
     engine: Literal[tuple(ENGINES)] = DEFAULT_ENGINE  # type: ignore[valid-type]
+
+    @field_validator("bootstrap_port", mode="before")
+    @classmethod
+    def _not_a_bool(cls, port: object) -> object:
+        # JSON true is not a port, though Python's bool is an int.
+        if isinstance(port, bool):
+            raise ValueError("must be an integer")
+        return port
 
 
 @router.get("/health")

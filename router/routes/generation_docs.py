@@ -44,7 +44,8 @@ def _error(code: int) -> dict[str, Any]:
 GENERATION_REPLIES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The decode node's reply; with stream=true, its server-sent events.",
           "content": {"application/json": {"schema": {}},
-                      "text/event-stream": {"schema": {"type": "string"}}}},
+                      "text/event-stream": {"schema": {
+                          "type": "object", "properties": {"data": {"type": "string"}}}}}},
     400: _error(400),
     413: {"description": ERROR_MEANINGS[413],
           "content": {"application/json": {"schema": {"type": "object"}}}},

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from router.engines.base import FLUSH, RELEASE, RESUME
 
@@ -41,8 +42,9 @@ class ControlBody(BaseModel):
     tags: list[str] | None = Field(
         None, min_length=1,
         description="Memory tags (weights, kv_cache, cuda_graph, weights_drafter); null: all.")
-    drain: Literal["wait", "abort"] | None = Field(
-        None, description="pdfleet nodes: wait for or abort in-flight requests on release.")
+    drain: Literal["wait", "abort"] | SkipJsonSchema[None] = Field(
+        None, description="pdfleet nodes: wait for or abort in-flight requests on release.",
+        json_schema_extra=lambda schema: schema.pop("default"))
 
 
 class NodeOutcome(BaseModel):
@@ -126,8 +128,7 @@ RELEASE_QUERY = [
            "Resume the nodes that released when any node failed."),
 ]
 RESUME_QUERY = [
-    _query("tags", {"type": "array", "minItems": 1,
-                    "items": {"type": "string", "minLength": 1, "pattern": "^[a-z_]+$"}},
+    _query("tags", {"type": "array", "minItems": 1, "items": {"type": "string"}},
            "vLLM's tags to wake (repeated, or a comma list); none: all.", explode=True),
 ]
 
