@@ -195,6 +195,40 @@ async def test_vllm_node_treats_tags_it_lacks_as_a_no_op(stub_nodes, router, htt
     assert state["is_sleeping"] is False
 
 
+async def test_vllm_wake_up_names_only_the_asked_tags_that_are_asleep(stub_nodes, router, http):
+    stubs = stub_nodes([VLLM])
+    vllm = stubs.urls[0]
+    r = router([{"url": vllm, "role": "mixed", "engine": "vllm"}])
+    await call(http, "POST", f"{r.url}/sleep")
+    await call(http, "POST", f"{r.url}/wake_up", params=[("tags", "weights")])
+    # vLLM ignores a wake_up naming a tag that is awake: weights must not be named again.
+    status, body = await call(http, "POST", f"{r.url}/wake_up",
+                              params=[("tags", "weights"), ("tags", "kv_cache")])
+    assert status == 200, body
+    assert (await calls_to(http, vllm))[-1] == ("POST", "/wake_up", "tags=kv_cache", "")
+    async with http.get(f"{vllm}/is_sleeping") as resp:
+        assert await resp.json() == {"is_sleeping": False}
+
+
+async def test_polls_keep_a_vllm_nodes_partial_wake(stub_nodes, router, http):
+    stubs = stub_nodes([VLLM])
+    vllm = stubs.urls[0]
+    r = router([{"url": vllm, "role": "mixed", "engine": "vllm"}])
+    await call(http, "POST", f"{r.url}/sleep")
+    await call(http, "POST", f"{r.url}/wake_up", params=[("tags", "weights")])
+    _, before = await call(http, "GET", f"{r.url}/cluster/status")
+    checked = before["nodes"][0]["checked_at"] or 0
+
+    async def polled_again() -> bool:
+        _, body = await call(http, "GET", f"{r.url}/cluster/status")
+        return (body["nodes"][0]["checked_at"] or 0) > checked
+
+    await eventually(polled_again)
+    # vLLM's /is_sleeping still says true: the router keeps what it knows is released.
+    _, state = await call(http, "GET", f"{r.url}/is_sleeping")
+    assert state["nodes"][0]["released_tags"] == ["kv_cache"]
+
+
 async def test_flush_calls_each_engines_own_route(stub_nodes, router, http):
     stubs = stub_nodes([SGLANG, VLLM])
     sglang, vllm = stubs.urls
