@@ -10,6 +10,7 @@ Adding an engine is one module with one `Engine` subclass, listed in `router/eng
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -97,8 +98,8 @@ def json_object(reply: NodeReply | BaseException) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-class Engine:
-    """One engine's HTTP API. Subclasses implement `control` and `probe`."""
+class Engine(ABC):
+    """One engine's HTTP API."""
 
     name: ClassVar[str]
 
@@ -106,12 +107,14 @@ class Engine:
         self._session = session
         self._error_detail_bytes = error_detail_bytes
 
+    @abstractmethod
     async def control(self, url: str, call: ControlCall) -> ControlOutcome:
-        raise NotImplementedError
+        """Do `call` on the node at `url`; a `TransportError` is left to the caller."""
 
+    @abstractmethod
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:
-        raise NotImplementedError
+        """Poll the node at `url`, which the router believes has `released_tags` released."""
 
     async def post(self, url: str, call: ControlCall, body: bytes | None = None,
                    headers: dict[str, str] | None = None) -> NodeReply:
