@@ -119,17 +119,18 @@ COMMON_QUERY = [
     _query("timeout", {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
            "Seconds for the whole fan-out (default control_timeout_s)."),
 ]
+TAGS_QUERY = _query(
+    "tags", {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    "Tags, as vLLM's wake_up takes them (repeated, or a comma list); a body's tags must "
+    "agree. None: the body's tags, or all.", explode=True)
 RELEASE_QUERY = [
+    TAGS_QUERY,
     _query("level", {"type": "integer", "enum": [1, 2]},
            "vLLM sleep level: 1 keeps weights in host memory, 2 discards them."),
     _query("mode", {"type": "string", "enum": ["abort", "wait"]},
            "In-flight requests: abort them or wait for them (pdfleet's drain)."),
     _query("on_failure", {"type": "string", "enum": ["rollback"]},
            "Resume the nodes that released when any node failed."),
-]
-RESUME_QUERY = [
-    _query("tags", {"type": "array", "minItems": 1, "items": {"type": "string"}},
-           "vLLM's tags to wake (repeated, or a comma list); none: all.", explode=True),
 ]
 
 
@@ -158,7 +159,7 @@ def json_body(model: type[BaseModel], required: bool) -> dict[str, Any]:
 
 def control_route(operation: str) -> dict[str, Any]:
     """The OpenAPI fields of a control route for `operation`."""
-    query = COMMON_QUERY + {RELEASE: RELEASE_QUERY, RESUME: RESUME_QUERY, FLUSH: []}[operation]
+    query = COMMON_QUERY + {RELEASE: RELEASE_QUERY, RESUME: [TAGS_QUERY], FLUSH: []}[operation]
     return {
         "responses": {
             200: {"model": ControlReport, "description": "Every node succeeded."},

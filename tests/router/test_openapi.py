@@ -39,7 +39,7 @@ async def test_every_route_is_documented_with_its_body_and_error_replies(
     assert {"/is_sleeping", "/health", "/cluster/status", "/v1/models"} <= set(paths)
     wake_up = {p["name"] for p in paths["/wake_up"]["post"]["parameters"]}
     sleep = {p["name"] for p in paths["/sleep"]["post"]["parameters"]}
-    assert "tags" in wake_up and {"level", "mode"} <= sleep
+    assert "tags" in wake_up and {"tags", "level", "mode"} <= sleep
 
 
 def test_schemathesis_finds_no_failure_against_a_running_router(stub_nodes, router, tmp_path):
