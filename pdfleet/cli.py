@@ -214,14 +214,15 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
     table = Table(title=(f"{summary['total']} nodes: {summary['up']} up, {summary['down']} down, "
                          f"{summary['sleeping']} sleeping"), box=box.SIMPLE_HEAD)
     table.add_column("node", no_wrap=True)
-    for column in ("role", "health", "asleep", "released", "memory used", "in flight",
-                   "last op", "last error"):
+    for column in ("role", "engine", "health", "asleep", "released", "memory used",
+                   "in flight", "last op", "last error"):
         table.add_column(column)
     for n in body["nodes"]:
         memory = n["memory"] if isinstance(n["memory"], dict) else {}
         released = n["released_tags"]
         table.add_row(
-            _node_name(n["server"]), n["role"], n["health"], str(n["sleeping"]),
+            _node_name(n["server"]), n["role"], n.get("engine", "-"), n["health"],
+            str(n["sleeping"]),
             ",".join(released) if isinstance(released, list) else str(released),
             _fmt_bytes(memory.get("used_bytes")), str(n["inflight"]),
             OPERATION_NAMES.get(n["last_op"], n["last_op"] or "-"), n["last_error"] or "-",

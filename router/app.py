@@ -22,7 +22,7 @@ from router.pd.proxy import GenerationProxy
 from router.peers import WORKER_HEADER, Peers, WorkerPlace
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
-from router.routes import control, fleet, generate, observability
+from router.routes import control, fleet, generate, generation_docs, methods, observability
 from router.security import AdminGuard, BodyLimitMiddleware, check_bind
 from router.state import RouterState
 from router.upstream import new_session
@@ -91,11 +91,13 @@ def create_app(
         )
         return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
 
+    app.add_exception_handler(405, methods.method_not_allowed)
     app.include_router(control.router)
     app.include_router(fleet.router)
     app.include_router(generate.router)
     app.include_router(observability.router)
     app.include_router(dashboard.router)
+    app.include_router(generation_docs.router)
     return app
 
 

@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from router.engines import DEFAULT_ENGINE, ENGINES
 
 
 class Role(StrEnum):
@@ -46,6 +56,8 @@ class NodeSpec(_Strict):
     url: str
     role: Role
     bootstrap_port: int | None = Field(None, ge=1, le=65535)
+    # The node's HTTP API: sglang (also pdfleet's own nodes) or vllm.
+    engine: str = DEFAULT_ENGINE
     # `pdfleet node` options for nodes that `pdfleet up` starts on this machine.
     launch: dict[str, Any] | None = None
 
@@ -56,6 +68,20 @@ class NodeSpec(_Strict):
         if parsed.scheme not in ("http", "https"):
             raise ValueError("node url must be http(s)://host:port")
         return url.rstrip("/")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        return engine
+
+    @model_validator(mode="after")
+    def _launched_nodes_speak_sglang(self) -> NodeSpec:
+        if self.launch is not None and self.engine != DEFAULT_ENGINE:
+            raise ValueError(f"launch starts a pdfleet node, whose API is {DEFAULT_ENGINE}; "
+                             f"a node with engine {self.engine} is started by its own server")
+        return self
 
 
 class FleetConfig(_Strict):

@@ -1,6 +1,7 @@
 """Cluster control fan-out: one memory operation sent to every target node at once.
 
-The body goes to each node verbatim, all nodes are called concurrently under one deadline,
+Each node gets the operation in its engine's API (router/engines: SGLang bodies verbatim,
+vLLM's sleep mode), all nodes are called concurrently under one deadline,
 and the caller gets a `FanoutReport` that names every node that failed and why. One control
 operation runs at a time per router, since interleaved sleeps and wakes leave a fleet in a
 state nobody asked for.
@@ -20,10 +21,11 @@ import aiohttp
 from pydantic import BaseModel
 
 from router.config import Role, RouterSettings
+from router.engines import ENGINES
+from router.engines.base import ControlCall
 from router.registry import FleetRegistry, Node
-from router.upstream import ConnectionRefused, TransportError, call_node
+from router.upstream import ConnectionRefused, TransportError
 
-RESULT_MAX_BYTES = 64 << 10
 ROLLBACK_OPERATION = "resume_memory_occupation"
 
 
@@ -46,7 +48,8 @@ class NodeResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.status is not None and 200 <= self.status < 300
+        # No status and no error: the engine needed no call for this operation (a no-op).
+        return self.error is None and (self.status is None or 200 <= self.status < 300)
 
     def success_view(self) -> dict[str, Any]:
         return self.model_dump(include={"server", "role", "status", "elapsed_ms", "result"})
@@ -121,6 +124,8 @@ class ControlRequest:
     timeout_s: float
     rollback: bool = False
     authorization: str | None = None
+    level: int = 1  # vLLM's sleep level
+    mode: str | None = None  # "abort" | "wait": what a release does with in-flight requests
 
 
 # Called with each finished operation's report before the caller gets it: the status refresh,
@@ -131,21 +136,6 @@ ReportObserver = Callable[[FanoutReport], Awaitable[None]]
 class OperationInProgress(Exception):
     def __init__(self, operation: str, request_id: str) -> None:
         super().__init__(f"another control operation is running: {operation} ({request_id})")
-
-
-def _json_result(body: bytes, truncated: bool) -> Any:
-    if not body or truncated:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _reported_tags(result: Any) -> list[str] | None:
-    if isinstance(result, dict) and isinstance(result.get("released_tags"), list):
-        return [str(t) for t in result["released_tags"]]
-    return None
 
 
 class ControlPlane:
@@ -161,6 +151,10 @@ class ControlPlane:
         self._settings = settings
         self._observer = observer
         self._running: tuple[str, str] | None = None
+        self._engines = {
+            name: engine(session, settings.error_detail_bytes)
+            for name, engine in ENGINES.items()
+        }
 
     @property
     def running(self) -> tuple[str, str] | None:
@@ -224,7 +218,7 @@ class ControlPlane:
             headers["Authorization"] = request.authorization
         deadline = asyncio.get_running_loop().time() + request.timeout_s
         calls = [
-            _timed(self._call(n, operation, body, headers, deadline, tags), started)
+            _timed(self._call(n, operation, body, headers, deadline, tags, request), started)
             for n in nodes
         ]
         return list(await asyncio.gather(*calls))
@@ -237,20 +231,16 @@ class ControlPlane:
         headers: dict[str, str],
         deadline: float,
         tags: list[str] | None,
+        request: ControlRequest,
     ) -> NodeResult:
         started = time.perf_counter()
         base = {"server": node.url, "role": node.role.value}
+        call = ControlCall(
+            operation=operation, body=body, headers=headers, tags=tags, level=request.level,
+            mode=request.mode, deadline=deadline, released_tags=node.released_tags,
+        )
         try:
-            reply = await call_node(
-                self._session,
-                "POST",
-                f"{node.url}/{operation}",
-                deadline=deadline,
-                body=body,
-                headers=headers,
-                max_body=RESULT_MAX_BYTES,
-                max_error_body=self._settings.error_detail_bytes,
-            )
+            outcome = await self._engines[node.engine].control(node.url, call)
         except TransportError as exc:
             result = NodeResult(
                 **base, elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -260,19 +250,21 @@ class ControlPlane:
                 self._registry.mark_down(node, str(exc))
             self._registry.record_control(node, operation, tags, error=str(exc))
             return result
-        elapsed = round(reply.elapsed_ms, 2)
-        if not reply.ok:
-            detail = reply.text()
+        elapsed = outcome.elapsed_ms
+        if outcome.error is not None:
+            self._registry.record_control(node, operation, tags, error=outcome.error)
+            return NodeResult(**base, elapsed_ms=elapsed, error=outcome.error, kind="other")
+        if outcome.status is not None and not 200 <= outcome.status < 300:
+            detail = outcome.detail or ""
             self._registry.record_control(
-                node, operation, tags, error=f"HTTP {reply.status}: {detail}"
+                node, operation, tags, error=f"HTTP {outcome.status}: {detail}"
             )
-            return NodeResult(
-                **base, elapsed_ms=elapsed, status=reply.status, detail=detail, kind="http")
-        result = _json_result(reply.body, reply.truncated)
+            return NodeResult(**base, elapsed_ms=elapsed, status=outcome.status, detail=detail,
+                              kind="http")
         self._registry.record_control(
-            node, operation, tags, error=None, reported_tags=_reported_tags(result)
+            node, operation, tags, error=None, reported_tags=outcome.released_tags
         )
-        return NodeResult(**base, elapsed_ms=elapsed, status=reply.status, result=result)
+        return NodeResult(**base, elapsed_ms=elapsed, status=outcome.status, result=outcome.result)
 
 
 def _offset_ms(since: float) -> float:

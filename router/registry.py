@@ -14,8 +14,8 @@ from enum import StrEnum
 from typing import Any
 
 from router.config import NodeSpec, Role
-
-MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph", "weights_drafter")
+from router.engines import DEFAULT_ENGINE
+from router.engines.base import MEMORY_TAGS
 
 
 class Health(StrEnum):
@@ -29,6 +29,7 @@ class Node:
     url: str
     role: Role
     bootstrap_port: int | None = None
+    engine: str = DEFAULT_ENGINE
     health: Health = Health.UNKNOWN
     released_tags: frozenset[str] = frozenset()
     sleep_state_known: bool = False
@@ -58,6 +59,7 @@ class Node:
         return {
             "server": self.url,
             "role": self.role.value,
+            "engine": self.engine,
             "health": self.health.value,
             "reachable": unknown if self.health is Health.UNKNOWN else self.health is Health.UP,
             "sleeping": self.sleeping if self.sleep_state_known else unknown,
@@ -109,7 +111,8 @@ class FleetRegistry:
     def add(self, spec: NodeSpec) -> Node:
         if spec.url in self._nodes:
             raise KeyError(spec.url)
-        node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port)
+        node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port,
+                    engine=spec.engine)
         self._nodes[spec.url] = node
         return node
 

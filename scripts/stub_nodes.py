@@ -4,8 +4,12 @@ connections reset mid-reply — and can be changed at run time.
 
     python scripts/stub_nodes.py --nodes 64 --delay 0.1
     python scripts/stub_nodes.py --spec '[{"status": 500, "body": "text"}, {}]'
+    python scripts/stub_nodes.py --nodes 2 --engine vllm
 
-Prints one line `READY {"ports": [...]}` once every port listens. Each port answers:
+Prints one line `READY {"ports": [...]}` once every port listens. A behaviour with
+`"engine": "sglang" | "vllm"` answers the control and status routes exactly as that engine's
+server does (scripts/stub_engines.py; `"fail": "message"` makes them fail as that engine
+fails), and the generation routes as below. Without it, each port answers:
 - any POST route not listed below: by its behaviour (default: 200 JSON echo);
 - `GET /is_sleeping`, `GET /get_server_info`: the stub's own sleep state (404 if
   `"status_routes": false`, like a plain SGLang server);
@@ -31,11 +35,13 @@ import sys
 import time
 from typing import Any
 
+import stub_engines  # the sibling script: run as a script, scripts/ is on sys.path
 from aiohttp import web
 
 CHUNK = b"\xff\xfe\x00E" * 16384  # 64 KiB of bytes that are not UTF-8
 TAGS = ["weights", "kv_cache", "cuda_graph", "weights_drafter"]
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+POLLED_PATHS = ("/is_sleeping", "/get_server_info", "/health")  # not kept in /_stub/requests
 MODEL = "stub-model"
 
 
@@ -104,6 +110,9 @@ class StubNode:
         if path == "/_stub/release":
             self.last_chunk_released.set()
             return web.json_response({"ok": True})
+        engine = self.behavior.get("engine")
+        if engine and request.method == "GET" and path in POLLED_PATHS:
+            return await self.answer(request, path, b"", {})
         if request.method == "GET" and path in ("/is_sleeping", "/get_server_info"):
             return self.status_reply(path)
         if request.method == "GET" and path in ("/v1/models", "/health"):
@@ -111,7 +120,8 @@ class StubNode:
                 {"id": MODEL, "object": "model", "owned_by": "stub"}]})
         body = await request.read()
         entry = {
-            "path": path, "query": request.query_string, "body": body.decode("latin-1"),
+            "method": request.method, "path": path, "query": request.query_string,
+            "body": body.decode("latin-1"),
             "headers": {k.lower(): v for k, v in request.headers.items()}, "at": time.time(),
         }
         self.received.append(entry)
@@ -132,6 +142,9 @@ class StubNode:
         status = int(rule.get("status", 200))
         if mode == "reset":
             return await self.reset(request, status)
+        engine = self.behavior.get("engine")
+        if engine and path not in GENERATION_PATHS:
+            return self.engine_reply(engine, request, rule, body)
         if 200 <= status < 300:
             self.track_sleep(path, body)
         kind, size = rule.get("body", "echo"), int(rule.get("size", 0))
@@ -163,6 +176,19 @@ class StubNode:
         await resp.write_eof()
         entry["completed"] = True
         return resp
+
+    def engine_reply(self, engine: str, request: web.Request, rule: dict[str, Any],
+                     body: bytes) -> web.Response:
+        allowed = stub_engines.ROUTES[engine].get(request.path)
+        if allowed is None:
+            return stub_engines.not_found()
+        if request.method not in allowed:
+            return stub_engines.method_not_allowed(allowed)
+        if rule.get("fail"):
+            return stub_engines.failure(engine, str(rule["fail"]))
+        if engine == "sglang":
+            return stub_engines.sglang(request.path, body, self.released)
+        return stub_engines.vllm(request, self.released)
 
     def status_reply(self, path: str) -> web.Response:
         if not self.behavior.get("status_routes", True):
@@ -250,9 +276,12 @@ def main() -> None:
     parser.add_argument("--spec", help="JSON list of per-node behaviours")
     parser.add_argument("--nodes", type=int, default=1, help="nodes with the default behaviour")
     parser.add_argument("--delay", type=float, default=0.0, help="per-request delay (s)")
+    parser.add_argument("--engine", choices=sorted(stub_engines.ROUTES),
+                        help="answer control routes as this engine's server does")
     args = parser.parse_args()
+    engine = {"engine": args.engine} if args.engine else {}
     behaviors = json.loads(args.spec) if args.spec else [
-        {"delay": args.delay} for _ in range(args.nodes)
+        {"delay": args.delay, **engine} for _ in range(args.nodes)
     ]
     try:
         asyncio.run(serve(behaviors))

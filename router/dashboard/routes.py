@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from router.registry import MEMORY_TAGS
+from router.routes.schemas import errors
 
 router = APIRouter()
 
@@ -27,7 +28,7 @@ async def dashboard() -> HTMLResponse:
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/dashboard/{asset}")
+@router.get("/dashboard/{asset}", responses=errors(404))
 async def dashboard_asset(asset: str) -> Response:
     media_type = ASSETS.get(asset)
     if media_type is None:

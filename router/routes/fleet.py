@@ -4,22 +4,43 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from router.config import NodeSpec, Role, describe_validation_error
+from router.engines import DEFAULT_ENGINE, ENGINES
 from router.peers import MembershipBusy
+from router.routes.schemas import errors, json_body
 from router.state import State
 
 router = APIRouter()
 
 
+# http(s)://host[:port], host a DNS name or an IPv4 address, spelled out so that the published
+# schema says exactly which URLs POST /workers takes (IPv6 nodes go in the config file).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_NAME = rf"({_LABEL}\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?"
+WORKER_URL = rf"^https?://({_NAME}|({_OCTET}\.){{3}}{_OCTET})(:{_PORT})?/?$"
+
+
 class WorkerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str
+    url: str = Field(pattern=WORKER_URL)
     role: Role
     bootstrap_port: int | None = Field(None, ge=1, le=65535)
+    engine: Literal[tuple(ENGINES)] = DEFAULT_ENGINE  # type: ignore[valid-type]
+
+    @field_validator("bootstrap_port", mode="before")
+    @classmethod
+    def _not_a_bool(cls, port: object) -> object:
+        # JSON true is not a port, though Python's bool is an int.
+        if isinstance(port, bool):
+            raise ValueError("must be an integer")
+        return port
 
 
 @router.get("/health")
@@ -42,12 +63,14 @@ async def cluster_status(state: State) -> dict:
 @router.get("/workers")
 async def list_workers(state: State) -> dict:
     return {"workers": [
-        {"url": n.url, "role": n.role.value, "bootstrap_port": n.bootstrap_port}
+        {"url": n.url, "role": n.role.value, "bootstrap_port": n.bootstrap_port,
+         "engine": n.engine}
         for n in state.registry.all()
     ]}
 
 
-@router.post("/workers", status_code=201)
+@router.post("/workers", status_code=201, openapi_extra=json_body(WorkerIn, required=True),
+             responses=errors(400, 401, 409, 413, 422))
 async def add_worker(request: Request, state: State) -> dict:
     state.admin(request)
     try:
@@ -56,7 +79,8 @@ async def add_worker(request: Request, state: State) -> dict:
         raise HTTPException(400, detail=f"request body is not valid JSON: {exc}") from None
     try:
         worker = WorkerIn.model_validate(payload)
-        spec = NodeSpec(url=worker.url, role=worker.role, bootstrap_port=worker.bootstrap_port)
+        spec = NodeSpec(url=worker.url, role=worker.role, bootstrap_port=worker.bootstrap_port,
+                        engine=worker.engine)
     except ValidationError as exc:
         raise HTTPException(422, detail=describe_validation_error(exc)) from None
     try:
@@ -65,10 +89,11 @@ async def add_worker(request: Request, state: State) -> dict:
         raise HTTPException(409, detail=f"worker {spec.url} is already registered") from None
     except MembershipBusy as exc:
         raise HTTPException(503, detail=str(exc)) from None
-    return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port}
+    return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port,
+            "engine": node.engine}
 
 
-@router.delete("/workers")
+@router.delete("/workers", responses=errors(401, 404, 422))
 async def remove_worker(
     request: Request, url: str, state: State
 ) -> dict:

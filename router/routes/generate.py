@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.pd.errors import GenerationError
 from router.pd.stream import DecodeStream
+from router.routes.generation_docs import MODELS_REPLIES
 from router.state import RouterState, router_state
 from router.upstream import NodeReply
 
@@ -170,7 +171,7 @@ async def _client_gone(receive: Receive) -> None:
         pass
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=MODELS_REPLIES)
 async def models(request: Request) -> Response:
     try:
         reply = await router_state(request).proxy.models()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from router.metrics import CONTENT_TYPE
 from router.state import State
@@ -11,8 +11,9 @@ from router.state import State
 router = APIRouter()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
+    """Prometheus text exposition: the router's counters and the fleet's state."""
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
 

@@ -89,7 +89,8 @@ async def test_workers_can_be_listed_added_and_removed(stub_nodes, router, http)
     r = router([{"url": stubs.urls[0], "role": "prefill", "bootstrap_port": 8998}])
     async with http.get(f"{r.url}/workers") as resp:
         assert (await resp.json())["workers"] == [
-            {"url": stubs.urls[0], "role": "prefill", "bootstrap_port": 8998}]
+            {"url": stubs.urls[0], "role": "prefill", "bootstrap_port": 8998,
+             "engine": "sglang"}]
     new = {"url": stubs.urls[1], "role": "decode"}
     async with http.post(f"{r.url}/workers", json=new) as resp:
         assert resp.status == 201

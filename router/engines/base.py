@@ -1,0 +1,149 @@
+"""What the router asks of a node's engine, whatever its HTTP API.
+
+An engine adapter turns one control operation (release, resume, flush) into that engine's
+own node call(s), and one status probe into what the registry records. Every call goes
+through `router.upstream.call_node`, so deadlines and capped reads are the same for every
+engine; a `TransportError` from it is left to the caller, who reports it as for any node.
+Adding an engine is one module with one `Engine` subclass, listed in `router/engines/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import aiohttp
+
+from router.upstream import NodeReply, TransportError, call_node
+
+# SGLang's memory-saver tags; a release with tags null releases all of them.
+MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph", "weights_drafter")
+RELEASE = "release_memory_occupation"
+RESUME = "resume_memory_occupation"
+FLUSH = "flush_cache"
+RESULT_MAX_BYTES = 64 << 10
+PROBE_MAX_BYTES = 256 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class ControlCall:
+    """One control operation for one node, in the router's (SGLang's) terms."""
+
+    operation: str  # RELEASE, RESUME or FLUSH
+    body: bytes  # the SGLang-shaped body, sent verbatim where the engine speaks SGLang
+    headers: dict[str, str]  # X-Request-Id, and the caller's Content-Type / Authorization
+    tags: list[str] | None  # None: every tag
+    level: int  # vLLM's sleep level (1: weights kept in host memory; 2: discarded)
+    mode: str | None  # "abort" | "wait": what a release does with in-flight requests
+    deadline: float  # event-loop time
+    released_tags: frozenset[str]  # what the node had released before this call
+
+
+@dataclass(frozen=True, slots=True)
+class ControlOutcome:
+    """What the node answered, in the fan-out report's terms.
+
+    `status` None with no `error` means no call was needed (the operation is a no-op on
+    this engine); `error` without `status` means the engine cannot do what was asked, so no
+    call was made. `released_tags` is the node's state afterwards where the engine knows it;
+    None leaves it to be inferred from the operation (SPEC 3.1).
+    """
+
+    elapsed_ms: float
+    status: int | None = None
+    result: Any = None
+    detail: str | None = None
+    error: str | None = None
+    released_tags: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One status poll of a node."""
+
+    reachable: bool
+    released_tags: list[str] | None = None
+    memory: dict[str, Any] | None = None
+    inflight: int | None = None
+    error: str | None = None
+
+
+def json_value(reply: NodeReply) -> Any:
+    """The reply's JSON, or None when it is empty, cut short or not JSON."""
+    if not reply.body or reply.truncated:
+        return None
+    try:
+        return json.loads(reply.body)
+    except ValueError:
+        return None
+
+
+def error_message(reply: NodeReply) -> str:
+    """An error reply's `{"error": {"message": m}}` (SGLang's and vLLM's shape) as `m`; any
+    other body as its (capped) text."""
+    value = json_value(reply)
+    if isinstance(value, dict) and isinstance(value.get("error"), dict):
+        message = value["error"].get("message")
+        if isinstance(message, str):
+            return message
+    return reply.text()
+
+
+def json_object(reply: NodeReply | BaseException) -> dict[str, Any] | None:
+    if isinstance(reply, BaseException) or not reply.ok:
+        return None
+    value = json_value(reply)
+    return value if isinstance(value, dict) else None
+
+
+class Engine(ABC):
+    """One engine's HTTP API."""
+
+    name: ClassVar[str]
+
+    def __init__(self, session: aiohttp.ClientSession, error_detail_bytes: int) -> None:
+        self._session = session
+        self._error_detail_bytes = error_detail_bytes
+
+    @abstractmethod
+    async def control(self, url: str, call: ControlCall) -> ControlOutcome:
+        """Do `call` on the node at `url`; a `TransportError` is left to the caller."""
+
+    @abstractmethod
+    async def probe(self, url: str, deadline: float,
+                    released_tags: frozenset[str]) -> Probe:
+        """Poll the node at `url`, which the router believes has `released_tags` released."""
+
+    async def post(self, url: str, call: ControlCall, body: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> NodeReply:
+        return await call_node(
+            self._session, "POST", url, deadline=call.deadline, body=body,
+            headers=call.headers if headers is None else headers,
+            max_body=RESULT_MAX_BYTES, max_error_body=self._error_detail_bytes,
+        )
+
+    async def get(self, url: str, deadline: float) -> NodeReply:
+        # No retry of a refused poll: the next poll is the retry.
+        return await call_node(self._session, "GET", url, deadline=deadline,
+                               max_body=PROBE_MAX_BYTES, retry_refused=False)
+
+    async def health(self, url: str, deadline: float) -> Probe:
+        """Reachability from `/health` alone, for nodes without status routes."""
+        try:
+            reply = await self.get(f"{url}/health", deadline)
+        except TransportError as exc:
+            return Probe(reachable=False, error=str(exc))
+        if not reply.ok:
+            return Probe(reachable=False, error=f"HTTP {reply.status} from /health")
+        return Probe(reachable=True)
+
+
+def no_call(call: ControlCall, reason: str | None = None, **result: Any) -> ControlOutcome:
+    """The outcome of an operation that needed no node call (`reason` None: the node's state
+    stays as it was) or that the engine cannot do (`reason` says why)."""
+    if reason is not None:
+        return ControlOutcome(elapsed_ms=0.0, error=reason)
+    return ControlOutcome(elapsed_ms=0.0, result=result or None,
+                          released_tags=sorted(call.released_tags))

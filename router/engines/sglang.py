@@ -1,0 +1,79 @@
+"""SGLang's control API, which pdfleet's own nodes speak too.
+
+From SGLang's `python/sglang/srt/entrypoints/http_server.py`: `POST /release_memory_occupation`
+and `/resume_memory_occupation` take `{"tags": [...] | null}` and answer 200 with JSON `null`
+(the handler returns None); a failure answers 400 `{"error": {"message": ...}}`
+(`_create_error_response`); `POST /flush_cache` answers 200 with a line of text. There is no
+`/is_sleeping`; `/get_server_info` returns the server's arguments; `/health` answers 200 with an
+empty body. pdfleet nodes add `/is_sleeping` and `released_tags` in their replies, which the
+router uses wherever a node answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from router.engines.base import (
+    MEMORY_TAGS,
+    ControlCall,
+    ControlOutcome,
+    Engine,
+    Probe,
+    error_message,
+    json_object,
+    json_value,
+)
+from router.upstream import TransportError
+
+
+def reported_tags(result: Any) -> list[str] | None:
+    if isinstance(result, dict) and isinstance(result.get("released_tags"), list):
+        return [str(t) for t in result["released_tags"]]
+    return None
+
+
+class SGLang(Engine):
+    name = "sglang"
+
+    async def control(self, url: str, call: ControlCall) -> ControlOutcome:
+        body, headers = call.body, call.headers
+        if not body.strip():
+            # SGLang's handlers require a body (FastAPI answers 422 without one): an empty
+            # request (vLLM clients send none) is the empty object, i.e. every tag.
+            body, headers = b"{}", {**headers, "Content-Type": "application/json"}
+        reply = await self.post(f"{url}/{call.operation}", call, body, headers)
+        elapsed = round(reply.elapsed_ms, 2)
+        if not reply.ok:
+            return ControlOutcome(elapsed_ms=elapsed, status=reply.status,
+                                  detail=error_message(reply))
+        result = json_value(reply)
+        return ControlOutcome(elapsed_ms=elapsed, status=reply.status, result=result,
+                              released_tags=reported_tags(result))
+
+    async def probe(self, url: str, deadline: float,
+                    released_tags: frozenset[str]) -> Probe:
+        replies = await asyncio.gather(
+            self.get(f"{url}/is_sleeping", deadline),
+            self.get(f"{url}/get_server_info", deadline),
+            return_exceptions=True,
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, TransportError):
+                raise reply
+        if all(isinstance(r, TransportError) for r in replies):
+            return Probe(reachable=False, error=str(replies[0]))
+        sleeping, info = (json_object(r) for r in replies)
+        if sleeping is None and info is None:
+            return await self.health(url, deadline)
+        sleeping, info = sleeping or {}, info or {}
+        tags = sleeping.get("released_tags", info.get("released_tags"))
+        if tags is None and isinstance(sleeping.get("is_sleeping"), bool):
+            tags = list(MEMORY_TAGS) if sleeping["is_sleeping"] else []
+        memory, inflight = info.get("memory"), info.get("inflight")
+        return Probe(
+            reachable=True,
+            released_tags=[str(t) for t in tags] if isinstance(tags, list) else None,
+            memory=memory if isinstance(memory, dict) else None,
+            inflight=inflight if isinstance(inflight, int) else None,
+        )

@@ -1,0 +1,105 @@
+"""vLLM's sleep mode, served when vLLM runs with `VLLM_SERVER_DEV_MODE=1 --enable-sleep-mode`.
+
+From vLLM's `vllm/entrypoints/serve/sleep/api_router.py`: `POST /sleep?level=1|2[&mode=...]`,
+`POST /wake_up[?tags=weights&tags=kv_cache]` (no tags: all) and `GET /is_sleeping` →
+`{"is_sleeping": bool}`; from `vllm/entrypoints/serve/cache/api_router.py`:
+`POST /reset_prefix_cache`. The POST routes answer 200 with an empty body.
+
+vLLM's allocator (`vllm/device_allocator/cumem.py`) has two tags, `weights` and `kv_cache`,
+and sleep always takes both: level 1 keeps the weights in host memory, level 2 discards them.
+So a release of only one of them cannot be done and is this node's failure. Its executor
+ignores a sleep while already asleep, and a wake_up naming a tag that is not asleep, so the
+router only names tags that are released.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from router.engines.base import (
+    FLUSH,
+    MEMORY_TAGS,
+    RELEASE,
+    ControlCall,
+    ControlOutcome,
+    Engine,
+    Probe,
+    error_message,
+    json_object,
+    no_call,
+)
+from router.upstream import TransportError
+
+VLLM_TAGS = ("weights", "kv_cache")
+
+
+def _unknown(tags: list[str]) -> str | None:
+    unknown = sorted(set(tags) - set(MEMORY_TAGS))
+    if not unknown:
+        return None
+    return f"unknown memory tags {unknown}: vLLM knows {list(VLLM_TAGS)}"
+
+
+class VLLM(Engine):
+    name = "vllm"
+
+    async def control(self, url: str, call: ControlCall) -> ControlOutcome:
+        if call.operation == FLUSH:
+            return await self._post(f"{url}/reset_prefix_cache", call, None)
+        asleep = call.released_tags & set(VLLM_TAGS)
+        if call.tags is not None and (reason := _unknown(call.tags)):
+            return no_call(call, reason)
+        if call.operation == RELEASE:
+            return await self._sleep(url, call, asleep)
+        return await self._wake_up(url, call, asleep)
+
+    async def _sleep(self, url: str, call: ControlCall, asleep: set[str]) -> ControlOutcome:
+        asked = set(VLLM_TAGS) if call.tags is None else set(call.tags) & set(VLLM_TAGS)
+        if not asked:
+            return no_call(call, noop_tags=call.tags)
+        if asked != set(VLLM_TAGS):
+            return no_call(
+                call,
+                f"vLLM sleeps weights and kv_cache together: cannot release only "
+                f"{sorted(asked)}; release both (or tags null)"
+            )
+        query = {"level": call.level, **({"mode": call.mode} if call.mode else {})}
+        # Already asleep: vLLM ignores the call and its state stays as it is.
+        after = asleep or set(VLLM_TAGS)
+        return await self._post(f"{url}/sleep?{urlencode(query)}", call, after)
+
+    async def _wake_up(self, url: str, call: ControlCall, asleep: set[str]) -> ControlOutcome:
+        if call.tags is None:
+            return await self._post(f"{url}/wake_up", call, set())
+        woken = [t for t in VLLM_TAGS if t in call.tags and (not asleep or t in asleep)]
+        if not woken:
+            return no_call(call, noop_tags=call.tags)
+        query = urlencode([("tags", t) for t in woken])
+        return await self._post(f"{url}/wake_up?{query}", call, asleep - set(woken))
+
+    async def _post(self, url: str, call: ControlCall, after: set[str] | None
+                    ) -> ControlOutcome:
+        # vLLM's routes take no body: send none, and no Content-Type for it.
+        headers = {k: v for k, v in call.headers.items() if k.lower() != "content-type"}
+        reply = await self.post(url, call, None, headers)
+        elapsed = round(reply.elapsed_ms, 2)
+        if not reply.ok:
+            return ControlOutcome(elapsed_ms=elapsed, status=reply.status,
+                                  detail=error_message(reply))
+        return ControlOutcome(elapsed_ms=elapsed, status=reply.status,
+                              released_tags=None if after is None else sorted(after))
+
+    async def probe(self, url: str, deadline: float,
+                    released_tags: frozenset[str]) -> Probe:
+        try:
+            reply = await self.get(f"{url}/is_sleeping", deadline)
+        except TransportError as exc:
+            return Probe(reachable=False, error=str(exc))
+        status = json_object(reply)
+        if status is None or not isinstance(status.get("is_sleeping"), bool):
+            return await self.health(url, deadline)
+        if not status["is_sleeping"]:
+            return Probe(reachable=True, released_tags=[])
+        # vLLM says only whether it sleeps: a partial wake we made is still "sleeping".
+        known = released_tags & set(VLLM_TAGS)
+        return Probe(reachable=True, released_tags=sorted(known or VLLM_TAGS))

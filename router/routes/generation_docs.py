@@ -1,0 +1,72 @@
+"""The generation routes as the OpenAPI document shows them.
+
+`POST /generate`, `/v1/completions` and `/v1/chat/completions` are served by the
+`GenerationRoutes` middleware (router/routes/generate.py) before FastAPI routing, so the
+declarations here are never called: they exist so the published document describes those
+routes, their bodies and their error replies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from router.routes.schemas import ERROR_MEANINGS, json_body
+
+router = APIRouter()
+
+
+class GenerationBody(BaseModel):
+    """SGLang's or OpenAI's request, relayed as it is; the router reads only `stream`."""
+
+    model_config = ConfigDict(extra="allow")
+    stream: bool | None = None
+
+
+class GenerationErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str
+    code: int
+
+
+class GenerationError(BaseModel):
+    """OpenAI's error shape; a node's failure adds server, role and status or error."""
+
+    error: GenerationErrorBody
+
+
+def _error(code: int) -> dict[str, Any]:
+    return {"model": GenerationError, "description": ERROR_MEANINGS[code]}
+
+
+GENERATION_REPLIES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The decode node's reply; with stream=true, its server-sent events.",
+          "content": {"application/json": {"schema": {}},
+                      "text/event-stream": {"schema": {
+                          "type": "object", "properties": {"data": {"type": "string"}}}}}},
+    400: _error(400),
+    413: {"description": ERROR_MEANINGS[413],
+          "content": {"application/json": {"schema": {"type": "object"}}}},
+    422: _error(422),
+    503: _error(503),
+    "default": {"description": "A node's error reply, relayed with its status.",
+                "content": {"application/json": {"schema": {}}}},
+}
+
+MODELS_REPLIES: dict[int | str, dict[str, Any]] = {
+    503: _error(503),
+    "default": GENERATION_REPLIES["default"],
+}
+
+
+async def _served_by_middleware() -> None:
+    """Never called: router.routes.generate.GenerationRoutes answers first."""
+
+
+for _path in ("/generate", "/v1/completions", "/v1/chat/completions"):
+    router.add_api_route(
+        _path, _served_by_middleware, methods=["POST"], name=_path.strip("/"),
+        responses=GENERATION_REPLIES, openapi_extra=json_body(GenerationBody, required=True),
+    )
