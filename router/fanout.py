@@ -15,12 +15,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from pydantic import BaseModel
 
 from router.config import Role, RouterSettings
 from router.registry import FleetRegistry, Node
-from router.upstream import ConnectionRefused, TransportError, call_node
+from router.upstream import ConnectionRefused, NodeClient, TransportError, call_node
 
 RESULT_MAX_BYTES = 64 << 10
 ROLLBACK_OPERATION = "resume_memory_occupation"
@@ -126,7 +125,7 @@ def _reported_tags(result: Any) -> list[str] | None:
 
 class ControlPlane:
     def __init__(
-        self, registry: FleetRegistry, session: aiohttp.ClientSession, settings: RouterSettings
+        self, registry: FleetRegistry, session: NodeClient, settings: RouterSettings
     ) -> None:
         self._registry = registry
         self._session = session

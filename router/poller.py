@@ -12,11 +12,9 @@ import json
 import time
 from typing import Any
 
-import aiohttp
-
 from router.config import RouterSettings
 from router.registry import MEMORY_TAGS, FleetRegistry, Node
-from router.upstream import NodeReply, TransportError, call_node
+from router.upstream import NodeClient, NodeReply, TransportError, call_node
 
 POLL_MAX_BYTES = 256 << 10
 
@@ -33,7 +31,7 @@ def _json_object(reply: NodeReply | BaseException) -> dict[str, Any] | None:
 
 class StatusPoller:
     def __init__(
-        self, registry: FleetRegistry, session: aiohttp.ClientSession, settings: RouterSettings
+        self, registry: FleetRegistry, session: NodeClient, settings: RouterSettings
     ) -> None:
         self._registry = registry
         self._session = session

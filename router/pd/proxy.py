@@ -5,10 +5,11 @@ This is the router's hot path, benchmarked against Rust routers, so it stays lea
 is parsed once by the caller and dumped once here, nothing is logged per request, and the
 only per-request objects are the two node calls.
 
-Retries: a node that refuses the connection never saw the request, so the request goes to
-another pair (the refusing node is marked down and so is not placed again), at most
-`MAX_PLACEMENTS` pairs in all. Any other failure may have reached a node and is reported,
-not retried.
+Retries: a node that refuses the connection never saw the request, and a node whose 503
+says it sleeps (another router, or an operator, put it to sleep) did not admit it; either
+way the request goes to another pair (the node is marked down or asleep and so is not placed
+again), at most `MAX_PLACEMENTS` pairs in all. Any other failure may have reached a node and
+is reported, not retried.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import math
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
 from router.config import Role, RouterSettings
@@ -27,6 +27,7 @@ from router.pd.errors import (
     GenerationError,
     NodeRefused,
     node_answered,
+    node_asleep,
     node_unreachable,
     reply_too_large,
 )
@@ -34,12 +35,13 @@ from router.pd.placement import ClusterSleeping, NoRoute, Placement, Placer
 from router.pd.stream import DecodeStream
 from router.registry import FleetRegistry, Health, Node
 from router.upstream import (
+    NodeClient,
     NodeReply,
+    NodeStream,
     NodeTimeout,
     TransportError,
     call_node,
-    read_capped,
-    transport_error,
+    stream_node,
 )
 
 T = TypeVar("T")
@@ -52,13 +54,12 @@ MODEL_ASKING_ORDER = (Role.DECODE, Role.MIXED, Role.PREFILL)
 
 class GenerationProxy:
     def __init__(
-        self, registry: FleetRegistry, session: aiohttp.ClientSession, settings: RouterSettings
+        self, registry: FleetRegistry, session: NodeClient, settings: RouterSettings
     ) -> None:
         self._registry = registry
         self._session = session
         self._placer = Placer(registry, settings.policy)
         self._timeout_s = settings.request_timeout_s
-        self._stream_timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
         self._reply_bytes = settings.max_body_bytes
         self._detail_bytes = settings.error_detail_bytes
         # The router learns that a node woke at once (wake through it) or at the next poll.
@@ -146,7 +147,20 @@ class GenerationProxy:
     def _decode_reply(self, node: Node, reply: NodeReply) -> NodeReply:
         if reply.ok and reply.truncated:
             raise reply_too_large(node, self._reply_bytes)
+        if reply.node_sleeping:
+            raise self._asleep(node, reply)
         return reply
+
+    def _check_prefill(self, node: Node, reply: NodeReply) -> None:
+        if reply.node_sleeping:
+            raise self._asleep(node, reply)
+        if not reply.ok:
+            raise node_answered(node, reply)
+
+    def _asleep(self, node: Node, reply: NodeReply) -> NodeRefused:
+        """`node` said it sleeps: no request goes there until a poll or a wake says otherwise."""
+        self._registry.mark_asleep(node)
+        return node_asleep(node, reply)
 
     async def _exchange(self, placement: Placement, path: str, body: bytes) -> NodeReply:
         """Non-streaming: decode's reply once both nodes are done; a prefill failure ends
@@ -160,10 +174,10 @@ class GenerationProxy:
         try:
             await asyncio.wait((prefill, decode), return_when=asyncio.FIRST_COMPLETED)
             if prefill.done():
-                _check_prefill(prefill_node, prefill.result())
+                self._check_prefill(prefill_node, prefill.result())
             reply = await decode
             if reply.ok:
-                _check_prefill(prefill_node, await prefill)
+                self._check_prefill(prefill_node, await prefill)
             return self._decode_reply(decode_node, reply)
         finally:
             _settle(prefill)
@@ -184,7 +198,7 @@ class GenerationProxy:
             if prefill is not None and prefill_node is not None:
                 await asyncio.wait((prefill, opening), return_when=asyncio.FIRST_COMPLETED)
                 if prefill.done():
-                    _check_prefill(prefill_node, prefill.result())
+                    self._check_prefill(prefill_node, prefill.result())
             decoded = await opening
         except BaseException:
             _settle(prefill)
@@ -192,23 +206,22 @@ class GenerationProxy:
             raise
         if isinstance(decoded, NodeReply):  # decode answered with an error status
             _settle(prefill)
+            self._decode_reply(decode_node, decoded)
         elif prefill is not None and prefill_node is not None:
             decoded.watch_prefill(
-                prefill, lambda reply: _check_prefill(prefill_node, reply), self._finish)
+                prefill, lambda reply: self._check_prefill(prefill_node, reply), self._finish)
         return decoded
 
     async def _open_decode(self, node: Node, path: str, body: bytes) -> NodeReply | DecodeStream:
         try:
-            resp = await self._session.post(
-                node.url + path, data=body, headers=JSON_HEADERS, timeout=self._stream_timeout)
-            if 200 <= resp.status < 300:
-                return DecodeStream(node, resp, self._failed)
-            async with resp:
-                data, truncated = await read_capped(resp, self._detail_bytes)
-            return NodeReply(resp.status, data, truncated,
-                             resp.headers.get("Content-Type", ""), 0.0)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._failed(node, transport_error(exc)) from None
+            opened = await stream_node(
+                self._session, "POST", node.url + path, deadline=self._deadline(), body=body,
+                headers=JSON_HEADERS, max_error_body=self._detail_bytes)
+        except TransportError as exc:
+            raise self._failed(node, exc) from None
+        if isinstance(opened, NodeStream):
+            return DecodeStream(node, opened, self._failed)
+        return opened
 
     def _finish(self, prefill: asyncio.Task[NodeReply]) -> None:
         """Keep a prefill call that outlived its stream until it ends on its own."""
@@ -218,11 +231,6 @@ class GenerationProxy:
 
 def _release(node: Node) -> None:
     node.outstanding -= 1
-
-
-def _check_prefill(node: Node, reply: NodeReply) -> None:
-    if not reply.ok:
-        raise node_answered(node, reply)
 
 
 def _settle(task: asyncio.Future[Any] | None) -> None:
