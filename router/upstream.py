@@ -10,8 +10,8 @@ The client is a lean HTTP/1.1 one (asyncio protocols, httptools' response parser
 keep-alive pool per node) because every generation request makes two node calls: a general
 client costs more CPU per call than the rest of the router's work on the request. It keeps
 no cookies. A reply cut at its byte cap drops its connection instead of draining the rest, so
-a 1 GiB error body costs one read. `stream_node` hands a 2xx reply over chunk by chunk as it
-arrives (SSE relay); every other reply is read whole, capped.
+a 1 GiB error body costs one read. `start_call(streaming=True)` hands a 2xx reply over chunk
+by chunk as it arrives (SSE relay); every other reply is read whole, capped.
 """
 
 from __future__ import annotations
@@ -221,9 +221,14 @@ class _Connection(asyncio.Protocol):
         self._content_type = b""
         self._sleeping = False
         self._complete = False
+        reply.add_done_callback(self._left)
         assert self._transport is not None
         self._transport.write(request)
         return reply
+
+    def _left(self, reply: asyncio.Future[NodeReply | NodeStream]) -> None:
+        if reply.cancelled():
+            self._close()  # the caller left: the node sees the connection close
 
     def abort(self) -> None:
         """Give up on the exchange: the node sees the connection close."""
@@ -456,28 +461,51 @@ def _request_bytes(
     return b"".join(parts)
 
 
-async def _exchange(
-    client: NodeClient, method: str, url: str, deadline: float, body: bytes | None,
-    headers: dict[str, str] | None, *, streaming: bool, max_body: int, max_error_body: int,
-) -> NodeReply | NodeStream:
-    target = client.target(url)
-    request = _request_bytes(method, target, body, headers)
-    conn = client.idle_connection(target.origin)
-    if conn is None:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout_at(deadline):
-                conn = await client.connect(target.origin)
-        except TimeoutError:
-            waited = time.perf_counter() - started
-            raise NodeTimeout(f"TimeoutError: no connection within {waited:.1f} s") from None
-    reply = conn.send(request, deadline, streaming=streaming, max_body=max_body,
-                      max_error_body=max_error_body)
+def start_call(
+    session: NodeClient,
+    method: str,
+    url: str,
+    *,
+    deadline: float,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    max_body: int = 64 << 10,
+    max_error_body: int = 500,
+    streaming: bool = False,
+) -> asyncio.Future[NodeReply | NodeStream]:
+    """Send one request now (no retry) and return its reply as a future: a `NodeReply`, or
+    with `streaming` a `NodeStream` for a 2xx reply; a `TransportError` otherwise. On a
+    pooled connection this makes no task, which is why the generation path uses it.
+    Cancelling the future drops the connection, so the node sees the caller leave."""
     try:
-        return await reply
-    except asyncio.CancelledError:
-        conn.abort()  # the node sees the caller leave
-        raise
+        target = session.target(url)
+        request = _request_bytes(method, target, body, headers)
+    except TransportError as exc:
+        failed: asyncio.Future[NodeReply | NodeStream] = \
+            asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        return failed
+    conn = session.idle_connection(target.origin)
+    if conn is None:
+        return asyncio.ensure_future(_connect_and_send(
+            session, target.origin, request, deadline, streaming, max_body, max_error_body))
+    return conn.send(request, deadline, streaming=streaming, max_body=max_body,
+                     max_error_body=max_error_body)
+
+
+async def _connect_and_send(
+    session: NodeClient, origin: tuple[str, str, int], request: bytes, deadline: float,
+    streaming: bool, max_body: int, max_error_body: int,
+) -> NodeReply | NodeStream:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout_at(deadline):
+            conn = await session.connect(origin)
+    except TimeoutError:
+        waited = time.perf_counter() - started
+        raise NodeTimeout(f"TimeoutError: no connection within {waited:.1f} s") from None
+    return await conn.send(request, deadline, streaming=streaming, max_body=max_body,
+                           max_error_body=max_error_body)
 
 
 async def call_node(
@@ -499,9 +527,9 @@ async def call_node(
     attempts = RETRY_ATTEMPTS if retry_refused else 1
     for attempt in range(attempts):
         try:
-            reply = await _exchange(session, method, url, deadline, body, headers,
-                                    streaming=False, max_body=max_body,
-                                    max_error_body=max_error_body)
+            reply = await start_call(session, method, url, deadline=deadline, body=body,
+                                     headers=headers, max_body=max_body,
+                                     max_error_body=max_error_body)
         except ConnectionRefused:
             if attempt + 1 == attempts:
                 raise
@@ -514,20 +542,3 @@ async def call_node(
             assert isinstance(reply, NodeReply)
             return reply
     raise AssertionError("unreachable")
-
-
-async def stream_node(
-    session: NodeClient,
-    method: str,
-    url: str,
-    *,
-    deadline: float,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    max_error_body: int = 500,
-) -> NodeReply | NodeStream:
-    """Call `url` once (no retry) and hand a 2xx reply back as a `NodeStream` as soon as its
-    headers arrive; any other reply comes back whole as a `NodeReply` (capped at
-    `max_error_body`). `deadline` bounds the whole stream, not only its start."""
-    return await _exchange(session, method, url, deadline, body, headers, streaming=True,
-                           max_body=0, max_error_body=max_error_body)

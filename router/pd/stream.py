@@ -17,6 +17,8 @@ from router.pd.errors import GenerationError
 from router.registry import Node
 from router.upstream import NodeReply, NodeStream, TransportError
 
+Call = asyncio.Future[NodeReply | NodeStream]
+
 # Records a node's transport failure and says what the client is told.
 FailureReporter = Callable[[Node, TransportError], GenerationError]
 
@@ -37,26 +39,27 @@ class DecodeStream:
         self.content_type = stream.content_type
         self._stream = stream
         self._failed = failed
-        self._prefill: asyncio.Future[NodeReply] | None = None
-        self._keep: Callable[[asyncio.Future[NodeReply]], None] | None = None
+        self._prefill: Call | None = None
+        self._keep: Callable[[Call], None] | None = None
         self._closed = False
 
     def watch_prefill(
         self,
-        prefill: asyncio.Future[NodeReply],
-        check: Callable[[NodeReply], None],
-        keep: Callable[[asyncio.Future[NodeReply]], None],
+        prefill: Call,
+        check: Callable[[Call], None],
+        keep: Callable[[Call], None],
     ) -> None:
-        """End the relay with an error event if `prefill` fails (`check` raises); if the
+        """End the relay with an error event if `prefill` fails (`check` raises on its
+        ended call); if the
         stream completes first, hand the still-running prefill call to `keep`."""
         self._prefill = prefill
         self._keep = keep
 
-        def on_done(task: asyncio.Future[NodeReply]) -> None:
-            if task.cancelled():
+        def on_done(call: Call) -> None:
+            if call.cancelled():
                 return
             try:
-                check(task.result())
+                check(call)
             except GenerationError as exc:
                 if not self._closed:
                     self._stream.fail(PrefillFailed(exc))

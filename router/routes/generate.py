@@ -11,8 +11,7 @@ body-size limit and Starlette's error handling, and passes every other request o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -28,7 +27,6 @@ router = APIRouter()
 
 GENERATION_PATHS = frozenset(("/generate", "/v1/completions", "/v1/chat/completions"))
 JSON = b"application/json"
-T = TypeVar("T")
 
 
 class GenerationRoutes:
@@ -52,20 +50,33 @@ class GenerationRoutes:
         except GenerationError as exc:
             await send_error(send, exc)
             return
-        # A client that leaves cancels the node calls, streaming or not.
-        gone = asyncio.ensure_future(_client_gone(receive))
+        # A client that leaves cancels this request, and with it every node call it made,
+        # streaming or not.
+        watch = ClientWatch(receive)
         try:
-            result = await _unless_gone(state.proxy.generate(path, payload, body, stream), gone)
-            if result is None:
-                return
-            if isinstance(result, DecodeStream):
-                await relay(result, gone, send)
-            else:
-                await send_reply(send, result)
-        except GenerationError as exc:
-            await send_error(send, exc)
+            await serve(state, path, payload, body, stream, send)
+        except asyncio.CancelledError:
+            if not watch.client_left:
+                raise
+            watch.forgive()
         finally:
-            gone.cancel()
+            watch.stop()
+
+
+async def serve(state: RouterState, path: str, payload: dict[str, Any], body: bytes,
+                stream: bool, send: Send) -> None:
+    result: NodeReply | DecodeStream | None = None
+    try:
+        result = await state.proxy.generate(path, payload, body, stream)
+        if isinstance(result, DecodeStream):
+            await relay(result, send)
+        else:
+            await send_reply(send, result)
+    except GenerationError as exc:
+        await send_error(send, exc)
+    finally:
+        if isinstance(result, DecodeStream):
+            result.close()  # ends both node calls, however the relay ended
 
 
 def parse_request(body: bytes) -> tuple[dict[str, Any], bool]:
@@ -118,32 +129,35 @@ async def send_error(send: Send, exc: GenerationError,
     await send_body(send, exc.status, orjson.dumps(exc.body()), JSON, {**headers, **(extra or {})})
 
 
-async def _unless_gone(work: Awaitable[T], gone: asyncio.Future[None]) -> T | None:
-    """`work`'s result, or None once the client has gone (then `work` is cancelled, and with
-    it every node call it made)."""
-    task = asyncio.ensure_future(work)
-    await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return None
+class ClientWatch:
+    """Cancels the task serving a request once its client disconnects (the only way to
+    learn that is to keep receiving)."""
+
+    def __init__(self, receive: Receive) -> None:
+        served = asyncio.current_task()
+        assert served is not None
+        self._served = served
+        self.client_left = False
+        self._watching = True
+        self._watcher = asyncio.ensure_future(_client_gone(receive))
+        self._watcher.add_done_callback(self._gone)
+
+    def _gone(self, watcher: asyncio.Future[None]) -> None:
+        if self._watching and not watcher.cancelled():
+            self.client_left = True
+            self._served.cancel()
+
+    def forgive(self) -> None:
+        """The cancellation was ours: the serving task carries on as if uncancelled."""
+        self._served.uncancel()
+
+    def stop(self) -> None:
+        self._watching = False
+        self._watcher.cancel()
 
 
-async def relay(stream: DecodeStream, gone: asyncio.Future[None], send: Send) -> None:
-    """Send the decode stream to the client chunk by chunk until it ends or the client
-    leaves; either way the stream is closed, which ends both node calls."""
-    pump = asyncio.ensure_future(_pump(stream, send))
-    try:
-        await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        pump.cancel()
-        stream.close()
-    if pump.done() and not pump.cancelled():
-        pump.result()  # a failure of our own, for Starlette's error handling
-
-
-async def _pump(stream: DecodeStream, send: Send) -> None:
+async def relay(stream: DecodeStream, send: Send) -> None:
+    """Send the decode stream to the client chunk by chunk until it ends."""
     await send({"type": "http.response.start", "status": stream.status,
                 "headers": [(b"content-type", stream.content_type.encode())]})
     async for chunk in stream.chunks():
