@@ -79,5 +79,6 @@ def serve(config: FleetConfig, admin_token: str | None, insecure_no_auth: bool =
         port=settings.port,
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # nothing reads the client address; saves a layer per request
         timeout_graceful_shutdown=5,
     )
