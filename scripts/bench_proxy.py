@@ -307,7 +307,7 @@ def measure_target(target: Target, args: argparse.Namespace) -> list[dict[str, A
     return cells
 
 
-def machine_line(pinning: bool) -> str:
+def machine_line(pinning: bool, stub_cpu: int | None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -316,9 +316,8 @@ def machine_line(pinning: bool) -> str:
                 break
     except OSError:
         pass
-    stubs = STUB_CPU if len(os.sched_getaffinity(0)) > 2 else LOAD_CPU
     where = (f"routers pinned to CPU {ROUTER_CPU}, load generator on CPU {LOAD_CPU}, "
-             f"stubs on CPU {stubs}" if pinning else "no pinning (one CPU)")
+             f"stubs on CPU {stub_cpu}" if pinning else "no pinning (one CPU)")
     return (f"{cpu}, {os.cpu_count()} CPUs ({where}), Python {platform.python_version()}")
 
 
@@ -385,7 +384,7 @@ def main() -> None:
                     stop(target.proc)
     finally:
         stop(stub)
-    machine = machine_line(pinning)
+    machine = machine_line(pinning, stub_cpu)
     print(f"machine: {machine}")
     print(f"routes: POST {', '.join(args.routes)}; streaming = {args.chunks} SSE chunks "
           f"{args.chunk_gap_ms} ms apart; {args.duration:.0f} s per cell after "
