@@ -128,13 +128,15 @@ class NodeStream:
         self._closed = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body's chunks as they arrive; raises the `TransportError` (or what `fail`
-        was given) that ended it early."""
+        """The body as it arrives: what came since the last step, in one piece (under load,
+        one write to the client carries several events). Raises the `TransportError` (or
+        what `fail` was given) that ended it early."""
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
-                if not self._chunks:
-                    self._conn.resume()
+                buffered = self._chunks
+                chunk = buffered.popleft() if len(buffered) == 1 else b"".join(buffered)
+                buffered.clear()
+                self._conn.resume()
                 yield chunk
                 continue
             end = self._end

@@ -72,6 +72,7 @@ class GenerationProxy:
         """Serve one request to `path`; `payload` is `raw` parsed. Streams come back as a
         `DecodeStream` the caller relays and closes; everything else as decode's reply."""
         refused: NodeRefused | None = None
+        deadline = self._deadline()
         for _ in range(MAX_PLACEMENTS):
             placement = self._place(refused)
             body = raw
@@ -80,8 +81,8 @@ class GenerationProxy:
                 body = orjson.dumps(payload)
             try:
                 if stream:
-                    return await self._open_stream(placement, path, body)
-                return await self._exchange(placement, path, body)
+                    return await self._open_stream(placement, path, body, deadline)
+                return await self._exchange(placement, path, body, deadline)
             except NodeRefused as exc:
                 refused = exc
         assert refused is not None
@@ -125,14 +126,14 @@ class GenerationProxy:
             self._registry.mark_down(node, str(exc))
         return node_unreachable(node, exc)
 
-    def _start(self, node: Node, path: str, body: bytes, max_body: int,
+    def _start(self, node: Node, path: str, body: bytes, deadline: float, max_body: int,
                streaming: bool = False) -> asyncio.Future[NodeReply | NodeStream]:
         """Send the request to `node` now. The node counts it as outstanding from now on —
         before the next request is placed, which least_outstanding relies on — until the
         call ends, however it ends."""
         node.outstanding += 1
         call = start_call(
-            self._session, "POST", node.url + path, deadline=self._deadline(), body=body,
+            self._session, "POST", node.url + path, deadline=deadline, body=body,
             headers=JSON_HEADERS, max_body=max_body, max_error_body=self._detail_bytes,
             streaming=streaming)
         call.add_done_callback(lambda _: _release(node))
@@ -166,15 +167,17 @@ class GenerationProxy:
         self._registry.mark_asleep(node)
         return node_asleep(node, reply)
 
-    async def _exchange(self, placement: Placement, path: str, body: bytes) -> NodeReply:
+    async def _exchange(
+        self, placement: Placement, path: str, body: bytes, deadline: float
+    ) -> NodeReply:
         """Non-streaming: decode's reply once both nodes are done; a prefill failure ends
         the request as soon as it is known."""
         decode_node, prefill_node = placement.decode, placement.prefill
-        decode = self._start(decode_node, path, body, self._reply_bytes)
+        decode = self._start(decode_node, path, body, deadline, self._reply_bytes)
         prefill = None
         try:
             if prefill_node is not None:
-                prefill = self._start(prefill_node, path, body, PREFILL_REPLY_BYTES)
+                prefill = self._start(prefill_node, path, body, deadline, PREFILL_REPLY_BYTES)
                 await asyncio.wait((prefill, decode), return_when=asyncio.FIRST_COMPLETED)
                 if prefill.done():
                     self._check_prefill(prefill_node, prefill)
@@ -190,16 +193,16 @@ class GenerationProxy:
             _settle(decode)
 
     async def _open_stream(
-        self, placement: Placement, path: str, body: bytes
+        self, placement: Placement, path: str, body: bytes, deadline: float
     ) -> NodeReply | DecodeStream:
         """Streaming: decode's stream as soon as its headers arrive, with prefill watched
         from the side; a prefill failure before then is the request's error."""
         decode_node, prefill_node = placement.decode, placement.prefill
-        opening = self._start(decode_node, path, body, 0, streaming=True)
+        opening = self._start(decode_node, path, body, deadline, 0, streaming=True)
         prefill = None
         try:
             if prefill_node is not None:
-                prefill = self._start(prefill_node, path, body, PREFILL_REPLY_BYTES)
+                prefill = self._start(prefill_node, path, body, deadline, PREFILL_REPLY_BYTES)
                 await asyncio.wait((prefill, opening), return_when=asyncio.FIRST_COMPLETED)
                 if prefill.done():
                     self._check_prefill(prefill_node, prefill)
