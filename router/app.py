@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from router import serving
 from router.config import FleetConfig
 from router.fanout import ControlPlane
 from router.pd.proxy import GenerationProxy
@@ -73,8 +74,10 @@ def create_app(config: FleetConfig, admin_token: str | None) -> FastAPI:
 def serve(config: FleetConfig, admin_token: str | None, insecure_no_auth: bool = False) -> None:
     settings = config.router
     check_bind(settings.host, admin_token, insecure_no_auth)
+    app = create_app(config, admin_token)
     uvicorn.run(
-        create_app(config, admin_token),
+        app,
+        http=serving.protocol_class(app),
         host=settings.host,
         port=settings.port,
         log_level="warning",

@@ -1,11 +1,11 @@
 """Generation: SGLang's `/generate` and the OpenAI routes, proxied to the fleet (SPEC 3.2).
 
-The three POST routes are the router's hot path, so they are served by an ASGI middleware
-(`GenerationRoutes`) straight from the ASGI messages: the body is relayed, not modelled, and
-skipping FastAPI's routing and request machinery cuts the HTTP layer's CPU per request from
-about 150 µs to about 55 µs (measured without the node calls). The middleware sits inside the
-body-size limit and Starlette's error handling, and passes every other request on.
-`GET /v1/models` is an ordinary FastAPI route.
+The three POST routes are the router's hot path: `answer` serves one request from its raw
+body (relayed, not modelled), and two transports send what it gives. `router.serving` serves
+these routes straight from uvicorn's HTTP protocol (what `pdfleet router` runs); the ASGI
+middleware `GenerationRoutes` here serves them wherever that protocol is not used, inside the
+body-size limit and Starlette's error handling, passing every other request on. Both end each
+request in `request_done`. `GET /v1/models` is an ordinary FastAPI route.
 """
 
 from __future__ import annotations
@@ -38,45 +38,62 @@ class GenerationRoutes:
         if scope["type"] != "http" or path not in GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
-        if scope["method"] != "POST":
-            await send_error(send, GenerationError(405, f"{path} takes POST"), {b"allow": b"POST"})
-            return
         state: RouterState = scope["app"].state.router
-        body = await read_body(receive)
-        if body is None:
-            return  # the client left before sending its request
+        started = asyncio.get_running_loop().time()
+        status = 499  # the client left before an answer
         try:
-            payload, stream = parse_request(body)
-        except GenerationError as exc:
-            await send_error(send, exc)
-            return
-        # A client that leaves cancels this request, and with it every node call it made,
-        # streaming or not.
-        watch = ClientWatch(receive)
-        try:
-            await serve(state, path, payload, body, stream, send)
-        except asyncio.CancelledError:
-            if not watch.client_left:
-                raise
-            watch.forgive()
+            if scope["method"] != "POST":
+                status = await send_error(
+                    send, GenerationError(405, f"{path} takes POST"), [(b"allow", b"POST")])
+                return
+            body = await read_body(receive)
+            if body is None:
+                return  # the client left before sending its request
+            # A client that leaves cancels this request, and with it every node call it
+            # made, streaming or not.
+            watch = ClientWatch(receive)
+            try:
+                status = await serve(state, path, body, send)
+            except asyncio.CancelledError:
+                if not watch.client_left:
+                    raise
+                watch.forgive()
+            finally:
+                watch.stop()
         finally:
-            watch.stop()
+            request_done(state, path, status, started)
 
 
-async def serve(state: RouterState, path: str, payload: dict[str, Any], body: bytes,
-                stream: bool, send: Send) -> None:
-    result: NodeReply | DecodeStream | None = None
+async def answer(state: RouterState, path: str, body: bytes
+                 ) -> NodeReply | DecodeStream | GenerationError:
+    """What one generation request gets: decode's reply, its stream (the caller relays it
+    and must close it), or the error the client is told."""
     try:
-        result = await state.proxy.generate(path, payload, body, stream)
-        if isinstance(result, DecodeStream):
-            await relay(result, send)
-        else:
-            await send_reply(send, result)
+        payload, stream = parse_request(body)
+        return await state.proxy.generate(path, payload, body, stream)
     except GenerationError as exc:
-        await send_error(send, exc)
-    finally:
-        if isinstance(result, DecodeStream):
+        return exc
+
+
+def request_done(state: RouterState, route: str, status: int, started: float) -> None:
+    """Every generation request ends here, however it was served, with its route, status
+    (499: the client left first) and start time (event-loop clock) known: the one place
+    for per-request accounting."""
+
+
+async def serve(state: RouterState, path: str, body: bytes, send: Send) -> int:
+    """Answer through ASGI; returns the status sent."""
+    result = await answer(state, path, body)
+    if isinstance(result, GenerationError):
+        return await send_error(send, result)
+    if isinstance(result, DecodeStream):
+        try:
+            await relay(result, send)
+        finally:
             result.close()  # ends both node calls, however the relay ended
+        return result.status
+    await send_body(send, result.status, result.body, result.content_type.encode() or None)
+    return result.status
 
 
 def parse_request(body: bytes) -> tuple[dict[str, Any], bool]:
@@ -109,24 +126,25 @@ async def read_body(receive: Receive) -> bytes | None:
 
 
 async def send_body(send: Send, status: int, body: bytes, content_type: bytes | None,
-                    extra: dict[bytes, bytes] | None = None) -> None:
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-length", str(len(body)).encode())]
     if content_type:
         headers.append((b"content-type", content_type))
     if extra:
-        headers.extend(extra.items())
+        headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_reply(send: Send, reply: NodeReply) -> None:
-    await send_body(send, reply.status, reply.body, reply.content_type.encode() or None)
+def error_headers(exc: GenerationError) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
 
 
 async def send_error(send: Send, exc: GenerationError,
-                     extra: dict[bytes, bytes] | None = None) -> None:
-    headers = {k.lower().encode(): v.encode() for k, v in (exc.headers or {}).items()}
-    await send_body(send, exc.status, orjson.dumps(exc.body()), JSON, {**headers, **(extra or {})})
+                     extra: list[tuple[bytes, bytes]] | None = None) -> int:
+    await send_body(send, exc.status, orjson.dumps(exc.body()), JSON,
+                    error_headers(exc) + (extra or []))
+    return exc.status
 
 
 class ClientWatch:
