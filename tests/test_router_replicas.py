@@ -3,7 +3,8 @@ truth. A node put to sleep through router A answers router B's next generation r
 a 503 that says it sleeps (`X-Pdfleet-Sleeping: 1`); B marks it asleep at once and places
 the request elsewhere, or answers a clean 503 — never the node's error.
 
-Router B polls rarely (`poll_interval_s` 300), so only the node's answer can tell it.
+Each test starts its own router B, which polls rarely (`poll_interval_s` 300) so that only
+the node's answer can tell it what router A did.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +31,7 @@ BODY = {"text": "Two routers, one fleet", "sampling_params": {"max_new_tokens": 
 @dataclass
 class Replicas:
     a: Router
-    b: Router
+    nodes: list[dict[str, Any]]
     prefill_url: str
     mixed_url: str
 
@@ -53,15 +55,20 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
             wait_http_ok(f"{url}/health", process, timeout=90)
         nodes = [{"url": prefill_url, "role": "prefill", "bootstrap_port": bootstrap_port},
                  {"url": decode_url, "role": "decode"}, {"url": mixed_url, "role": "mixed"}]
-        tmp = tmp_path_factory.mktemp("replicas")
-        routers.append(Router(tmp, nodes))
-        routers.append(Router(tmp, nodes, poll_interval_s=300))
-        yield Replicas(routers[0], routers[1], prefill_url, mixed_url)
+        routers.append(Router(tmp_path_factory.mktemp("replicas"), nodes))
+        yield Replicas(routers[0], nodes, prefill_url, mixed_url)
     finally:
         for router in routers:
             router.stop()
         for process, _ in started:
             process.stop()
+
+
+@pytest.fixture
+def router_b(replicas: Replicas, tmp_path: Path) -> Iterator[Router]:
+    b = Router(tmp_path, replicas.nodes, poll_interval_s=300)
+    yield b
+    b.stop()
 
 
 def post(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], Any]:
@@ -94,25 +101,37 @@ def test_node_says_it_sleeps_on_its_generation_503(replicas):
         control(replicas.a, "resume_memory_occupation", "?role=mixed")
 
 
-def test_generation_through_b_goes_to_an_awake_node_when_a_put_the_pair_to_sleep(replicas):
-    assert post(f"{replicas.b.url}/generate", BODY)[0] == 200  # B knows the pair awake
+def test_generation_through_b_goes_to_an_awake_node_when_a_put_the_pair_to_sleep(
+        replicas, router_b):
+    assert post(f"{router_b.url}/generate", BODY)[0] == 200  # B knows the pair awake
     control(replicas.a, "release_memory_occupation", "?role=prefill")
     try:
-        status, _, reply = post(f"{replicas.b.url}/generate", BODY)
+        status, _, reply = post(f"{router_b.url}/generate", BODY)
         assert status == 200, reply
         assert len(reply["output_ids"]) == 4
-        assert node_view(replicas.b, replicas.prefill_url)["sleeping"] is True
+        assert node_view(router_b, replicas.prefill_url)["sleeping"] is True
     finally:
         control(replicas.a, "resume_memory_occupation", "?role=prefill")
 
 
-def test_generation_through_b_is_a_clean_503_when_a_put_the_fleet_to_sleep(replicas):
+def test_generation_through_b_is_a_clean_503_when_a_put_the_fleet_to_sleep(replicas, router_b):
     control(replicas.a, "release_memory_occupation")
     try:
-        status, headers, reply = post(f"{replicas.b.url}/generate", BODY)
+        status, headers, reply = post(f"{router_b.url}/generate", BODY)
         assert status == 503, reply
         assert "cluster is sleeping" in reply["error"]["message"]
         assert "server" not in reply["error"]  # the router's answer, not a node's error
         assert int(headers["Retry-After"]) >= 1
+    finally:
+        control(replicas.a, "resume_memory_occupation")
+
+
+def test_streamed_generation_through_b_is_a_clean_503_when_a_put_the_fleet_to_sleep(
+        replicas, router_b):
+    control(replicas.a, "release_memory_occupation")
+    try:
+        status, _, reply = post(f"{router_b.url}/generate", {**BODY, "stream": True})
+        assert status == 503, reply
+        assert "cluster is sleeping" in reply["error"]["message"]
     finally:
         control(replicas.a, "resume_memory_occupation")
