@@ -56,12 +56,17 @@ class ServiceUnavailable(NodeError):
 
 
 class NotAdmitted(ServiceUnavailable):
-    """Generation is closed (sleeping or draining); the client should come back later."""
+    """Generation is closed (sleeping or draining); the client should come back later.
+
+    `X-Pdfleet-Sleeping: 1` tells this 503 apart from any other: a router that did not put
+    the node to sleep itself learns it here, and places the request on another node."""
 
     RETRY_AFTER_S = 5
+    SLEEPING_HEADER = "X-Pdfleet-Sleeping"
 
     def __init__(self, message: str, **detail: Any) -> None:
-        super().__init__(message, headers={"Retry-After": str(self.RETRY_AFTER_S)}, **detail)
+        headers = {"Retry-After": str(self.RETRY_AFTER_S), self.SLEEPING_HEADER: "1"}
+        super().__init__(message, headers=headers, **detail)
 
 
 class BackendDisabled(ServiceUnavailable):

@@ -17,14 +17,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 from pydantic import BaseModel
 
 from router.config import Role, RouterSettings
 from router.engines import ENGINES
 from router.engines.base import ControlCall
 from router.registry import FleetRegistry, Node
-from router.upstream import ConnectionRefused, TransportError
+from router.upstream import ConnectionRefused, NodeClient, TransportError
 
 ROLLBACK_OPERATION = "resume_memory_occupation"
 
@@ -142,7 +141,7 @@ class ControlPlane:
     def __init__(
         self,
         registry: FleetRegistry,
-        session: aiohttp.ClientSession,
+        session: NodeClient,
         settings: RouterSettings,
         observer: ReportObserver | None = None,
     ) -> None:

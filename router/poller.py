@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
-
 from router.config import RouterSettings
 from router.engines import ENGINES
 from router.registry import FleetRegistry, Node
+from router.upstream import NodeClient
 
 
 class StatusPoller:
     def __init__(
-        self, registry: FleetRegistry, session: aiohttp.ClientSession, settings: RouterSettings
+        self, registry: FleetRegistry, session: NodeClient, settings: RouterSettings
     ) -> None:
         self._registry = registry
         self._settings = settings

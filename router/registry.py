@@ -208,6 +208,16 @@ class FleetRegistry:
             node.released_tags = frozenset(released_tags)
             node.sleep_state_known = True
 
+    def mark_asleep(self, node: Node) -> None:
+        """`node` said it sleeps (a generation 503 with the sleeping marker), perhaps put to
+        sleep through another router: route around it now. The version bump keeps a poll
+        already on its way from undoing this; the next poll says which tags it released."""
+        node.version += 1
+        node.health = Health.UP
+        if not node.sleeping:
+            node.released_tags = frozenset(MEMORY_TAGS)
+        node.sleep_state_known = True
+
     def mark_down(self, node: Node, error: str) -> None:
         node.health = Health.DOWN
         node.last_error = error

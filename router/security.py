@@ -85,7 +85,7 @@ class BodyLimitMiddleware:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        body = body_too_large(self.max_bytes)
         await send({
             "type": "http.response.start",
             "status": 413,
@@ -97,3 +97,8 @@ class BodyLimitMiddleware:
 
 class BodyTooLarge(Exception):
     pass
+
+
+def body_too_large(max_bytes: int) -> bytes:
+    """The 413 reply's body."""
+    return json.dumps({"detail": f"request body larger than {max_bytes} bytes"}).encode()

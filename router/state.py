@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-import aiohttp
 from fastapi import Depends, Request
 
 from router.config import RouterSettings
@@ -17,13 +16,14 @@ from router.peers import Peers
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.security import AdminGuard
+from router.upstream import NodeClient
 
 
 @dataclass
 class RouterState:
     settings: RouterSettings
     registry: FleetRegistry
-    session: aiohttp.ClientSession
+    session: NodeClient
     control: ControlPlane
     proxy: GenerationProxy
     poller: StatusPoller

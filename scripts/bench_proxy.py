@@ -1,19 +1,22 @@
 """Generate-proxy benchmark (SPEC 8): requests/s, p50/p99 latency and router CPU per request
-for `/v1/completions` straight to a stub decode node, through pdfleet, and through
-sglang-router and vllm-router in PD mode, on the same stub nodes, in one run.
+for OpenAI's `/v1/completions` and SGLang's `/generate` straight to a stub decode node,
+through pdfleet, and through sglang-router and vllm-router in PD mode, on the same stub
+nodes, in one run.
 
-    python scripts/bench_proxy.py [--duration 5] [--concurrency 32 128] [--json out.json]
+    python scripts/bench_proxy.py [--duration 5] [--concurrency 32 128]
+        [--routes /v1/completions /generate] [--json out.json]
 
 Each router runs pinned to CPU 1; the load generator (this process) runs on CPU 0 and the
 stub nodes (scripts/bench_stub.py) on the CPU after the router's, or on CPU 0 beside it on a
 2-CPU machine. `--workers 1 2 4` measures pdfleet once per worker count, each pinned to CPUs
-1..N (N + 2 CPUs needed). The load generator is a raw asyncio HTTP/1.1 client
-(uvloop, httptools) keeping one connection per concurrent request, so the stub and the client
-cost little next to the routers. Router CPU is the router process tree's user+system time
-over the measured window divided by the requests served in it: it does not depend on which
-side is the bottleneck. Non-streaming replies are one JSON body; streaming replies are
-`--chunks` SSE events `--chunk-gap-ms` apart. A peer router that is not installed or does
-not start is reported and skipped.
+1..N (N + 2 CPUs needed). The load generator is a raw asyncio HTTP/1.1 client (uvloop,
+httptools) keeping one connection per concurrent request, so the stub and the client cost
+little next to the routers. Router CPU is the router process tree's user+system time over the
+measured window divided by the requests served in it: it does not depend on which side is the
+bottleneck. "Router cores" is that time over the window's length: above N, the pinning did not
+hold (a sandboxed kernel may ignore it). Non-streaming replies are one JSON body; streaming
+replies are `--chunks` SSE events `--chunk-gap-ms` apart. A peer router that is not installed
+or does not start is reported and skipped.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ LOAD_CPU, ROUTER_CPU = 0, 1
 READY_TIMEOUT_S = 60.0
 PROMPT_BODY = {"model": "stub-model", "prompt": "Hello, my name is", "max_tokens": 16,
                "temperature": 0}
+BODIES: dict[str, dict[str, Any]] = {
+    "/v1/completions": PROMPT_BODY,
+    "/generate": {"text": "Hello, my name is",
+                  "sampling_params": {"max_new_tokens": 16, "temperature": 0}},
+}
 
 
 def free_port() -> int:
@@ -128,9 +136,9 @@ class Phase:
 
 
 class LoadGenerator:
-    def __init__(self, port: int, stream: bool, concurrency: int) -> None:
-        body = json.dumps({**PROMPT_BODY, "stream": stream}).encode()
-        self.request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    def __init__(self, port: int, route: str, stream: bool, concurrency: int) -> None:
+        body = json.dumps({**BODIES[route], "stream": stream}).encode()
+        self.request = (f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                         "\r\n").encode() + body
         self.port = port
@@ -178,9 +186,9 @@ def percentile(values: list[float], q: float) -> float:
         else (values[0] if values else float("nan"))
 
 
-async def measure(port: int, stream: bool, concurrency: int, warmup_s: float, seconds: float,
-                  router_pid: int | None) -> dict[str, Any]:
-    load = LoadGenerator(port, stream, concurrency)
+async def measure(port: int, route: str, stream: bool, concurrency: int, warmup_s: float,
+                  seconds: float, router_pid: int | None) -> dict[str, Any]:
+    load = LoadGenerator(port, route, stream, concurrency)
     await load.open()
     try:
         await load.run(warmup_s)
@@ -198,6 +206,7 @@ async def measure(port: int, stream: bool, concurrency: int, warmup_s: float, se
         "p99_ms": round(percentile(phase.latencies_ms, 99), 2),
         "router_cpu_us_per_req": round(cpu / served * 1e6, 1) if cpu is not None and served
         else None,
+        "router_cores": round(cpu / elapsed, 2) if cpu is not None else None,
         "requests": served,
         "errors": phase.errors,
     }
@@ -287,15 +296,16 @@ def start_router(name: str, args: list[str], env: dict[str, str], port: int,
 def measure_target(target: Target, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every cell (mode x concurrency) for one target, one router running at a time."""
     cells = []
-    for stream in (False, True):
-        for concurrency in args.concurrency:
-            cell = uvloop.run(measure(target.port, stream, concurrency, args.warmup,
-                                      args.duration, target.pid))
-            mode = "stream" if stream else "unary"
-            cells.append({"target": target.name, "mode": mode, "concurrency": concurrency,
-                          **cell})
-            print(f"  {target.name} {mode} c={concurrency}: {cell['rps']:.0f} req/s, "
-                  f"p50 {cell['p50_ms']} ms", file=sys.stderr, flush=True)
+    for route in args.routes:
+        for stream in (False, True):
+            for concurrency in args.concurrency:
+                cell = uvloop.run(measure(target.port, route, stream, concurrency, args.warmup,
+                                          args.duration, target.pid))
+                mode = "stream" if stream else "unary"
+                cells.append({"target": target.name, "route": route, "mode": mode,
+                              "concurrency": concurrency, **cell})
+                print(f"  {target.name} {route} {mode} c={concurrency}: {cell['rps']:.0f} "
+                      f"req/s, p50 {cell['p50_ms']} ms", file=sys.stderr, flush=True)
     return cells
 
 
@@ -315,31 +325,40 @@ def machine_line(pinning: bool, stub_cpu: int | None) -> str:
 
 
 def print_table(cells: list[dict[str, Any]]) -> None:
-    direct = {(c["mode"], c["concurrency"]): c["p50_ms"] for c in cells if c["target"] == "direct"}
-    print("| target | mode | concurrency | req/s | p50 ms | p99 ms | p50 added vs direct | "
-          "router CPU µs/req | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for c in cells:
-        base = direct.get((c["mode"], c["concurrency"]))
+    def key(c: dict[str, Any]) -> tuple[str, str, int]:
+        return c["route"], c["mode"], c["concurrency"]
+
+    direct = {key(c): c["p50_ms"] for c in cells if c["target"] == "direct"}
+    print("| route | mode | concurrency | target | req/s | p50 ms | p99 ms | p50 added vs direct "
+          "| router CPU µs/req | router cores | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in sorted(cells, key=key):
+        base = direct.get(key(c))
         added = "-" if c["target"] == "direct" or base is None else \
             f"{c['p50_ms'] - base:+.2f} ms"
         cpu = "-" if c["router_cpu_us_per_req"] is None else f"{c['router_cpu_us_per_req']:.0f}"
-        print(f"| {c['target']} | {c['mode']} | {c['concurrency']} | {c['rps']:.0f} | "
-              f"{c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {added} | {cpu} | {c['errors']} |")
+        cores = "-" if c["router_cores"] is None else f"{c['router_cores']:.2f}"
+        print(f"| {c['route']} | {c['mode']} | {c['concurrency']} | {c['target']} | "
+              f"{c['rps']:.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {added} | {cpu} | "
+              f"{cores} | {c['errors']} |")
 
 
 def print_scaling(cells: list[dict[str, Any]]) -> None:
-    """pdfleet with N workers against N times its one-process rate, per mode and concurrency."""
-    one = {(c["mode"], c["concurrency"]): c["rps"] for c in cells if c["target"] == "pdfleet"}
+    """pdfleet with N workers against N times its one-process rate, per cell."""
+    def key(c: dict[str, Any]) -> tuple[str, str, int]:
+        return c["route"], c["mode"], c["concurrency"]
+
+    one = {key(c): c["rps"] for c in cells if c["target"] == "pdfleet"}
     several = [c for c in cells if c["target"].startswith("pdfleet") and c["workers"] > 1]
     if not several or not one:
         return
-    print("\n| workers | mode | concurrency | req/s | one worker's req/s | of N x one worker's |")
-    print("|---|---|---|---|---|---|")
-    for c in several:
-        base = one[(c["mode"], c["concurrency"])]
-        print(f"| {c['workers']} | {c['mode']} | {c['concurrency']} | {c['rps']:.0f} | "
-              f"{base:.0f} | {c['rps'] / (c['workers'] * base):.0%} |")
+    print("\n| workers | route | mode | concurrency | req/s | one worker's req/s "
+          "| of N x one worker's |")
+    print("|---|---|---|---|---|---|---|")
+    for c in sorted(several, key=lambda c: (key(c), c["workers"])):
+        base = one[key(c)]
+        print(f"| {c['workers']} | {c['route']} | {c['mode']} | {c['concurrency']} | "
+              f"{c['rps']:.0f} | {base:.0f} | {c['rps'] / (c['workers'] * base):.0%} |")
 
 
 def main() -> None:
@@ -347,6 +366,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--routes", nargs="+", default=list(BODIES), choices=list(BODIES))
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--chunk-gap-ms", type=float, default=1.0)
     parser.add_argument("--routers", nargs="+", default=["pdfleet", "sglang-router",
@@ -402,7 +422,7 @@ def main() -> None:
         stop(stub)
     machine = machine_line(pinning, stub_cpu)
     print(f"machine: {machine}")
-    print(f"route: POST /v1/completions; streaming = {args.chunks} SSE chunks "
+    print(f"routes: POST {', '.join(args.routes)}; streaming = {args.chunks} SSE chunks "
           f"{args.chunk_gap_ms} ms apart; {args.duration:.0f} s per cell after "
           f"{args.warmup:.0f} s warm-up\n")
     for name, note in notes.items():

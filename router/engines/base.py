@@ -14,9 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import aiohttp
-
-from router.upstream import NodeReply, TransportError, call_node
+from router.upstream import NodeClient, NodeReply, TransportError, call_node
 
 # SGLang's memory-saver tags; a release with tags null releases all of them.
 MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph", "weights_drafter")
@@ -103,7 +101,7 @@ class Engine(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, session: aiohttp.ClientSession, error_detail_bytes: int) -> None:
+    def __init__(self, session: NodeClient, error_detail_bytes: int) -> None:
         self._session = session
         self._error_detail_bytes = error_detail_bytes
 

@@ -39,8 +39,8 @@ class GenerationError(Exception):
 
 
 class NodeRefused(GenerationError):
-    """The node refused the connection: the request never reached it, so it is safe to try
-    another pair."""
+    """The node refused the connection, or said it sleeps: the request never ran there, so
+    it is safe to try another pair."""
 
 
 def node_answered(node: Node, reply: NodeReply) -> GenerationError:
@@ -48,6 +48,18 @@ def node_answered(node: Node, reply: NodeReply) -> GenerationError:
     role = node.role.value
     return GenerationError(reply.status, {
         "message": f"{role} node {node.url} answered HTTP {reply.status}",
+        "server": node.url,
+        "role": role,
+        "status": reply.status,
+        "detail": reply.text(),
+    })
+
+
+def node_asleep(node: Node, reply: NodeReply) -> NodeRefused:
+    """`node` answered that it sleeps: it did not admit the request, so another pair may."""
+    role = node.role.value
+    return NodeRefused(503, {
+        "message": f"{role} node {node.url} is sleeping",
         "server": node.url,
         "role": role,
         "status": reply.status,

@@ -5,20 +5,20 @@ This is the router's hot path, benchmarked against Rust routers, so it stays lea
 is parsed once by the caller and dumped once here, nothing is logged per request, and the
 only per-request objects are the two node calls.
 
-Retries: a node that refuses the connection never saw the request, so the request goes to
-another pair (the refusing node is marked down and so is not placed again), at most
-`MAX_PLACEMENTS` pairs in all. Any other failure may have reached a node and is reported,
-not retried.
+Retries: a node that refuses the connection never saw the request, and a node whose 503
+says it sleeps (another router, or an operator, put it to sleep) did not admit it; either
+way the request goes to another pair (the node is marked down or asleep and so is not placed
+again), at most `MAX_PLACEMENTS` pairs in all. Any other failure may have reached a node and
+is reported, not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
 from router.config import Role, RouterSettings
@@ -27,6 +27,7 @@ from router.pd.errors import (
     GenerationError,
     NodeRefused,
     node_answered,
+    node_asleep,
     node_unreachable,
     reply_too_large,
 )
@@ -34,15 +35,16 @@ from router.pd.placement import ClusterSleeping, NoRoute, Placement, Placer
 from router.pd.stream import DecodeStream
 from router.registry import FleetRegistry, Health, Node
 from router.upstream import (
+    NodeClient,
     NodeReply,
+    NodeStream,
     NodeTimeout,
     TransportError,
     call_node,
-    read_capped,
-    transport_error,
+    start_call,
 )
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_PLACEMENTS = 3
 PREFILL_REPLY_BYTES = 64 << 10  # prefill's own reply is not relayed; read it only to finish
@@ -52,18 +54,17 @@ MODEL_ASKING_ORDER = (Role.DECODE, Role.MIXED, Role.PREFILL)
 
 class GenerationProxy:
     def __init__(
-        self, registry: FleetRegistry, session: aiohttp.ClientSession, settings: RouterSettings
+        self, registry: FleetRegistry, session: NodeClient, settings: RouterSettings
     ) -> None:
         self._registry = registry
         self._session = session
         self._placer = Placer(registry, settings.policy)
         self._timeout_s = settings.request_timeout_s
-        self._stream_timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
         self._reply_bytes = settings.max_body_bytes
         self._detail_bytes = settings.error_detail_bytes
         # The router learns that a node woke at once (wake through it) or at the next poll.
         self._retry_after = {"Retry-After": str(max(1, math.ceil(settings.poll_interval_s)))}
-        self._finishing: set[asyncio.Task[NodeReply]] = set()
+        self._finishing: set[asyncio.Future[NodeReply | NodeStream]] = set()
 
     async def generate(
         self, path: str, payload: dict[str, Any], raw: bytes, stream: bool
@@ -71,6 +72,7 @@ class GenerationProxy:
         """Serve one request to `path`; `payload` is `raw` parsed. Streams come back as a
         `DecodeStream` the caller relays and closes; everything else as decode's reply."""
         refused: NodeRefused | None = None
+        deadline = self._deadline()
         for _ in range(MAX_PLACEMENTS):
             placement = self._place(refused)
             body = raw
@@ -79,8 +81,8 @@ class GenerationProxy:
                 body = orjson.dumps(payload)
             try:
                 if stream:
-                    return await self._open_stream(placement, path, body)
-                return await self._exchange(placement, path, body)
+                    return await self._open_stream(placement, path, body, deadline)
+                return await self._exchange(placement, path, body, deadline)
             except NodeRefused as exc:
                 refused = exc
         assert refused is not None
@@ -124,105 +126,115 @@ class GenerationProxy:
             self._registry.mark_down(node, str(exc))
         return node_unreachable(node, exc)
 
-    def _start(self, node: Node, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Run `call` to `node` as a task. The node counts it as outstanding from now on —
+    def _start(self, node: Node, path: str, body: bytes, deadline: float, max_body: int,
+               streaming: bool = False) -> asyncio.Future[NodeReply | NodeStream]:
+        """Send the request to `node` now. The node counts it as outstanding from now on —
         before the next request is placed, which least_outstanding relies on — until the
-        task ends, however it ends (even cancelled before it ran)."""
+        call ends, however it ends."""
         node.outstanding += 1
-        task = asyncio.ensure_future(call)
-        task.add_done_callback(lambda _: _release(node))
-        return task
+        call = start_call(
+            self._session, "POST", node.url + path, deadline=deadline, body=body,
+            headers=JSON_HEADERS, max_body=max_body, max_error_body=self._detail_bytes,
+            streaming=streaming)
+        call.add_done_callback(lambda _: _release(node))
+        return call
 
-    async def _call(self, node: Node, path: str, body: bytes, max_body: int) -> NodeReply:
+    def _outcome(self, node: Node, call: asyncio.Future[R]) -> R:
+        """The ended `call`'s result, or the error the client is told."""
         try:
-            return await call_node(
-                self._session, "POST", node.url + path, deadline=self._deadline(), body=body,
-                headers=JSON_HEADERS, max_body=max_body, max_error_body=self._detail_bytes,
-                retry_refused=False,
-            )
+            return call.result()
         except TransportError as exc:
             raise self._failed(node, exc) from None
 
     def _decode_reply(self, node: Node, reply: NodeReply) -> NodeReply:
         if reply.ok and reply.truncated:
             raise reply_too_large(node, self._reply_bytes)
+        if reply.node_sleeping:
+            raise self._asleep(node, reply)
         return reply
 
-    async def _exchange(self, placement: Placement, path: str, body: bytes) -> NodeReply:
+    def _check_prefill(self, node: Node, call: asyncio.Future[NodeReply | NodeStream]) -> None:
+        """Raise the client's error if the ended prefill `call` failed."""
+        reply = self._outcome(node, call)
+        assert isinstance(reply, NodeReply)
+        if reply.node_sleeping:
+            raise self._asleep(node, reply)
+        if not reply.ok:
+            raise node_answered(node, reply)
+
+    def _asleep(self, node: Node, reply: NodeReply) -> NodeRefused:
+        """`node` said it sleeps: no request goes there until a poll or a wake says otherwise."""
+        self._registry.mark_asleep(node)
+        return node_asleep(node, reply)
+
+    async def _exchange(
+        self, placement: Placement, path: str, body: bytes, deadline: float
+    ) -> NodeReply:
         """Non-streaming: decode's reply once both nodes are done; a prefill failure ends
         the request as soon as it is known."""
         decode_node, prefill_node = placement.decode, placement.prefill
-        decode = self._start(decode_node, self._call(decode_node, path, body, self._reply_bytes))
-        if prefill_node is None:
-            return self._decode_reply(decode_node, await decode)
-        prefill = self._start(
-            prefill_node, self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
+        decode = self._start(decode_node, path, body, deadline, self._reply_bytes)
+        prefill = None
         try:
-            await asyncio.wait((prefill, decode), return_when=asyncio.FIRST_COMPLETED)
-            if prefill.done():
-                _check_prefill(prefill_node, prefill.result())
-            reply = await decode
-            if reply.ok:
-                _check_prefill(prefill_node, await prefill)
+            if prefill_node is not None:
+                prefill = self._start(prefill_node, path, body, deadline, PREFILL_REPLY_BYTES)
+                await asyncio.wait((prefill, decode), return_when=asyncio.FIRST_COMPLETED)
+                if prefill.done():
+                    self._check_prefill(prefill_node, prefill)
+            await _ended(decode)
+            reply = self._outcome(decode_node, decode)
+            assert isinstance(reply, NodeReply)
+            if reply.ok and prefill is not None and prefill_node is not None:
+                await _ended(prefill)
+                self._check_prefill(prefill_node, prefill)
             return self._decode_reply(decode_node, reply)
         finally:
             _settle(prefill)
             _settle(decode)
 
     async def _open_stream(
-        self, placement: Placement, path: str, body: bytes
+        self, placement: Placement, path: str, body: bytes, deadline: float
     ) -> NodeReply | DecodeStream:
         """Streaming: decode's stream as soon as its headers arrive, with prefill watched
         from the side; a prefill failure before then is the request's error."""
         decode_node, prefill_node = placement.decode, placement.prefill
-        opening = self._start(decode_node, self._open_decode(decode_node, path, body))
+        opening = self._start(decode_node, path, body, deadline, 0, streaming=True)
         prefill = None
-        if prefill_node is not None:
-            prefill = self._start(
-                prefill_node, self._call(prefill_node, path, body, PREFILL_REPLY_BYTES))
         try:
-            if prefill is not None and prefill_node is not None:
+            if prefill_node is not None:
+                prefill = self._start(prefill_node, path, body, deadline, PREFILL_REPLY_BYTES)
                 await asyncio.wait((prefill, opening), return_when=asyncio.FIRST_COMPLETED)
                 if prefill.done():
-                    _check_prefill(prefill_node, prefill.result())
-            decoded = await opening
+                    self._check_prefill(prefill_node, prefill)
+            await _ended(opening)
+            opened = self._outcome(decode_node, opening)
         except BaseException:
             _settle(prefill)
             _abandon(opening)
             raise
-        if isinstance(decoded, NodeReply):  # decode answered with an error status
+        if isinstance(opened, NodeReply):  # decode answered with an error status
             _settle(prefill)
-        elif prefill is not None and prefill_node is not None:
+            return self._decode_reply(decode_node, opened)
+        decoded = DecodeStream(decode_node, opened, self._failed)
+        if prefill is not None and prefill_node is not None:
             decoded.watch_prefill(
-                prefill, lambda reply: _check_prefill(prefill_node, reply), self._finish)
+                prefill, lambda call: self._check_prefill(prefill_node, call), self._finish)
         return decoded
 
-    async def _open_decode(self, node: Node, path: str, body: bytes) -> NodeReply | DecodeStream:
-        try:
-            resp = await self._session.post(
-                node.url + path, data=body, headers=JSON_HEADERS, timeout=self._stream_timeout)
-            if 200 <= resp.status < 300:
-                return DecodeStream(node, resp, self._failed)
-            async with resp:
-                data, truncated = await read_capped(resp, self._detail_bytes)
-            return NodeReply(resp.status, data, truncated,
-                             resp.headers.get("Content-Type", ""), 0.0)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._failed(node, transport_error(exc)) from None
-
-    def _finish(self, prefill: asyncio.Task[NodeReply]) -> None:
+    def _finish(self, prefill: asyncio.Future[NodeReply | NodeStream]) -> None:
         """Keep a prefill call that outlived its stream until it ends on its own."""
         self._finishing.add(prefill)
         prefill.add_done_callback(self._finishing.discard)
 
 
+async def _ended(call: asyncio.Future[Any]) -> None:
+    """Wait for `call` to end; its outcome is read after."""
+    with contextlib.suppress(TransportError):
+        await call
+
+
 def _release(node: Node) -> None:
     node.outstanding -= 1
-
-
-def _check_prefill(node: Node, reply: NodeReply) -> None:
-    if not reply.ok:
-        raise node_answered(node, reply)
 
 
 def _settle(task: asyncio.Future[Any] | None) -> None:
@@ -235,11 +247,11 @@ def _settle(task: asyncio.Future[Any] | None) -> None:
         task.exception()
 
 
-def _abandon(opening: asyncio.Future[NodeReply | DecodeStream]) -> None:
+def _abandon(opening: asyncio.Future[NodeReply | NodeStream]) -> None:
     """Give up on a decode call that may already have produced a stream."""
     if opening.done() and not opening.cancelled() and opening.exception() is None:
-        decoded = opening.result()
-        if isinstance(decoded, DecodeStream):
-            decoded.close()
+        opened = opening.result()
+        if isinstance(opened, NodeStream):
+            opened.close()
     else:
         _settle(opening)

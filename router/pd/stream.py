@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
-
 from router.pd.errors import GenerationError
 from router.registry import Node
-from router.upstream import NodeReply, NodeTimeout, TransportError, transport_error
+from router.upstream import NodeReply, NodeStream, TransportError
+
+Call = asyncio.Future[NodeReply | NodeStream]
 
 # Records a node's transport failure and says what the client is told.
 FailureReporter = Callable[[Node, TransportError], GenerationError]
@@ -32,66 +32,60 @@ class PrefillFailed(Exception):
 class DecodeStream:
     """Owns the decode response, and counts as outstanding on its node until closed."""
 
-    def __init__(self, node: Node, resp: aiohttp.ClientResponse, failed: FailureReporter) -> None:
+    def __init__(self, node: Node, stream: NodeStream, failed: FailureReporter) -> None:
         node.outstanding += 1
         self.node = node
-        self.status = resp.status
-        self.content_type = resp.headers.get("Content-Type", "text/event-stream")
-        self._resp = resp
+        self.status = stream.status
+        self.content_type = stream.content_type
+        self._stream = stream
         self._failed = failed
-        self._prefill: asyncio.Task[NodeReply] | None = None
-        self._keep: Callable[[asyncio.Task[NodeReply]], None] | None = None
-        self._complete = False
+        self._prefill: Call | None = None
+        self._keep: Callable[[Call], None] | None = None
         self._closed = False
 
     def watch_prefill(
         self,
-        prefill: asyncio.Task[NodeReply],
-        check: Callable[[NodeReply], None],
-        keep: Callable[[asyncio.Task[NodeReply]], None],
+        prefill: Call,
+        check: Callable[[Call], None],
+        keep: Callable[[Call], None],
     ) -> None:
-        """End the relay with an error event if `prefill` fails (`check` raises); if the
+        """End the relay with an error event if `prefill` fails (`check` raises on its
+        ended call); if the
         stream completes first, hand the still-running prefill call to `keep`."""
         self._prefill = prefill
         self._keep = keep
 
-        def on_done(task: asyncio.Task[NodeReply]) -> None:
-            if task.cancelled():
+        def on_done(call: Call) -> None:
+            if call.cancelled():
                 return
             try:
-                check(task.result())
+                check(call)
             except GenerationError as exc:
                 if not self._closed:
-                    self._resp.content.set_exception(PrefillFailed(exc))
+                    self._stream.fail(PrefillFailed(exc))
 
         prefill.add_done_callback(on_done)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in self._stream.chunks():
                 yield chunk
         except PrefillFailed as exc:
             yield exc.error.sse_event()
-        except TimeoutError:
-            timeout = NodeTimeout("TimeoutError: the stream ran past request_timeout_s")
-            yield self._failed(self.node, timeout).sse_event()
-        except (aiohttp.ClientError, OSError) as exc:
-            yield self._failed(self.node, transport_error(exc)).sse_event()
-        else:
-            self._complete = True
+        except TransportError as exc:
+            yield self._failed(self.node, exc).sse_event()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.node.outstanding -= 1
-        if self._complete:
-            self._resp.release()  # fully read: the connection goes back to the pool
-        else:
-            self._resp.close()  # the node sees the disconnect and stops generating
+        # Read to its end, the connection goes back to the pool; otherwise it is dropped,
+        # and the node sees the disconnect and stops generating.
+        self._stream.close()
         prefill = self._prefill
         if prefill is not None and not prefill.done():
-            if self._complete and self._keep is not None:
+            if self._stream.complete and self._keep is not None:
                 self._keep(prefill)  # decode has its KV; let prefill finish its reply
             else:
                 prefill.cancel()

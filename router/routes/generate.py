@@ -1,19 +1,17 @@
 """Generation: SGLang's `/generate` and the OpenAI routes, proxied to the fleet (SPEC 3.2).
 
-The three POST routes are the router's hot path, so they are served by an ASGI middleware
-(`GenerationRoutes`) straight from the ASGI messages: the body is relayed, not modelled, and
-skipping FastAPI's routing and request machinery cuts the HTTP layer's CPU per request from
-about 150 µs to about 55 µs (measured without the node calls). The middleware sits inside the
-body-size limit and Starlette's error handling, and passes every other request on.
-`GET /v1/models` is an ordinary FastAPI route.
+The three POST routes are the router's hot path: `answer` serves one request from its raw
+body (relayed, not modelled), and two transports send what it gives. `router.serving` serves
+these routes straight from uvicorn's HTTP protocol (what `pdfleet router` runs); the ASGI
+middleware `GenerationRoutes` here serves them wherever that protocol is not used, inside the
+body-size limit and Starlette's error handling, passing every other request on. Both end each
+request in `request_done`. `GET /v1/models` is an ordinary FastAPI route.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -30,8 +28,6 @@ router = APIRouter()
 
 GENERATION_PATHS = frozenset(("/generate", "/v1/completions", "/v1/chat/completions"))
 JSON = b"application/json"
-CLIENT_GONE = 499  # nginx's name for a request whose client left before the answer
-T = TypeVar("T")
 
 
 class GenerationRoutes:
@@ -43,44 +39,63 @@ class GenerationRoutes:
         if scope["type"] != "http" or path not in GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500  # what Starlette answers when serving raises
-        try:
-            status = await self._serve(scope, path, receive, send)
-        finally:
-            scope["app"].state.router.metrics.request_done(
-                path, status, time.perf_counter() - started)
-
-    async def _serve(self, scope: Scope, path: str, receive: Receive, send: Send) -> int:
-        """Serve one generation request; the HTTP status it was answered with."""
-        if scope["method"] != "POST":
-            await send_error(send, GenerationError(405, f"{path} takes POST"), {b"allow": b"POST"})
-            return 405
         state: RouterState = scope["app"].state.router
-        body = await read_body(receive)
-        if body is None:
-            return CLIENT_GONE  # the client left before sending its request
+        started = asyncio.get_running_loop().time()
+        status = 499  # the client left before an answer
         try:
-            payload, stream = parse_request(body)
-        except GenerationError as exc:
-            await send_error(send, exc)
-            return exc.status
-        # A client that leaves cancels the node calls, streaming or not.
-        gone = asyncio.ensure_future(_client_gone(receive))
-        try:
-            result = await _unless_gone(state.proxy.generate(path, payload, body, stream), gone)
-            if result is None:
-                return CLIENT_GONE
-            if isinstance(result, DecodeStream):
-                await relay(result, gone, send)
-            else:
-                await send_reply(send, result)
-            return result.status
-        except GenerationError as exc:
-            await send_error(send, exc)
-            return exc.status
+            if scope["method"] != "POST":
+                status = await send_error(
+                    send, GenerationError(405, f"{path} takes POST"), [(b"allow", b"POST")])
+                return
+            body = await read_body(receive)
+            if body is None:
+                return  # the client left before sending its request
+            # A client that leaves cancels this request, and with it every node call it
+            # made, streaming or not.
+            watch = ClientWatch(receive)
+            try:
+                status = await serve(state, path, body, send)
+            except asyncio.CancelledError:
+                if not watch.client_left:
+                    raise
+                watch.forgive()
+            finally:
+                watch.stop()
         finally:
-            gone.cancel()
+            request_done(state, path, status, started)
+
+
+async def answer(state: RouterState, path: str, body: bytes
+                 ) -> NodeReply | DecodeStream | GenerationError:
+    """What one generation request gets: decode's reply, its stream (the caller relays it
+    and must close it), or the error the client is told."""
+    try:
+        payload, stream = parse_request(body)
+        return await state.proxy.generate(path, payload, body, stream)
+    except GenerationError as exc:
+        return exc
+
+
+def request_done(state: RouterState, route: str, status: int, started: float) -> None:
+    """Every generation request ends here, however it was served, with its route, status
+    (499: the client left first) and start time (event-loop clock) known: the one place
+    for per-request accounting."""
+    state.metrics.request_done(route, status, asyncio.get_running_loop().time() - started)
+
+
+async def serve(state: RouterState, path: str, body: bytes, send: Send) -> int:
+    """Answer through ASGI; returns the status sent."""
+    result = await answer(state, path, body)
+    if isinstance(result, GenerationError):
+        return await send_error(send, result)
+    if isinstance(result, DecodeStream):
+        try:
+            await relay(result, send)
+        finally:
+            result.close()  # ends both node calls, however the relay ended
+        return result.status
+    await send_body(send, result.status, result.body, result.content_type.encode() or None)
+    return result.status
 
 
 def parse_request(body: bytes) -> tuple[dict[str, Any], bool]:
@@ -113,52 +128,56 @@ async def read_body(receive: Receive) -> bytes | None:
 
 
 async def send_body(send: Send, status: int, body: bytes, content_type: bytes | None,
-                    extra: dict[bytes, bytes] | None = None) -> None:
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-length", str(len(body)).encode())]
     if content_type:
         headers.append((b"content-type", content_type))
     if extra:
-        headers.extend(extra.items())
+        headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_reply(send: Send, reply: NodeReply) -> None:
-    await send_body(send, reply.status, reply.body, reply.content_type.encode() or None)
+def error_headers(exc: GenerationError) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
 
 
 async def send_error(send: Send, exc: GenerationError,
-                     extra: dict[bytes, bytes] | None = None) -> None:
-    headers = {k.lower().encode(): v.encode() for k, v in (exc.headers or {}).items()}
-    await send_body(send, exc.status, orjson.dumps(exc.body()), JSON, {**headers, **(extra or {})})
+                     extra: list[tuple[bytes, bytes]] | None = None) -> int:
+    await send_body(send, exc.status, orjson.dumps(exc.body()), JSON,
+                    error_headers(exc) + (extra or []))
+    return exc.status
 
 
-async def _unless_gone(work: Awaitable[T], gone: asyncio.Future[None]) -> T | None:
-    """`work`'s result, or None once the client has gone (then `work` is cancelled, and with
-    it every node call it made)."""
-    task = asyncio.ensure_future(work)
-    await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return None
+class ClientWatch:
+    """Cancels the task serving a request once its client disconnects (the only way to
+    learn that is to keep receiving)."""
+
+    def __init__(self, receive: Receive) -> None:
+        served = asyncio.current_task()
+        assert served is not None
+        self._served = served
+        self.client_left = False
+        self._watching = True
+        self._watcher = asyncio.ensure_future(_client_gone(receive))
+        self._watcher.add_done_callback(self._gone)
+
+    def _gone(self, watcher: asyncio.Future[None]) -> None:
+        if self._watching and not watcher.cancelled():
+            self.client_left = True
+            self._served.cancel()
+
+    def forgive(self) -> None:
+        """The cancellation was ours: the serving task carries on as if uncancelled."""
+        self._served.uncancel()
+
+    def stop(self) -> None:
+        self._watching = False
+        self._watcher.cancel()
 
 
-async def relay(stream: DecodeStream, gone: asyncio.Future[None], send: Send) -> None:
-    """Send the decode stream to the client chunk by chunk until it ends or the client
-    leaves; either way the stream is closed, which ends both node calls."""
-    pump = asyncio.ensure_future(_pump(stream, send))
-    try:
-        await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        pump.cancel()
-        stream.close()
-    if pump.done() and not pump.cancelled():
-        pump.result()  # a failure of our own, for Starlette's error handling
-
-
-async def _pump(stream: DecodeStream, send: Send) -> None:
+async def relay(stream: DecodeStream, send: Send) -> None:
+    """Send the decode stream to the client chunk by chunk until it ends."""
     await send({"type": "http.response.start", "status": stream.status,
                 "headers": [(b"content-type", stream.content_type.encode())]})
     async for chunk in stream.chunks():
