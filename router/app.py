@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import socket
 from collections.abc import AsyncIterator
@@ -45,10 +44,11 @@ def create_app(
         poller = StatusPoller(registry, session, settings)
 
         async def after_control(report: FanoutReport) -> None:
-            # Refresh the touched nodes before the caller gets the report, so that status
-            # never shows released tags from the reply beside regions and memory from before.
-            touched = [registry.get(r.server) for r in report.results]
-            await asyncio.gather(*(poller.poll(n) for n in touched if n is not None))
+            # pdfleet nodes reply with their memory after the operation, recorded with their
+            # released tags, so status never shows new tags beside regions and memory from
+            # before. Nodes that did not say (other engines, failures) are polled again now.
+            stale = [registry.get(r.server) for r in report.results if not r.reported_memory]
+            poller.refresh([n for n in stale if n is not None])
             operations.record(report)
             metrics.control_done(report)
 

@@ -46,6 +46,11 @@ class NodeResult(BaseModel):
     ended_ms: float = 0.0
 
     @property
+    def reported_memory(self) -> bool:
+        """Whether the node's reply said its memory after the operation (pdfleet nodes do)."""
+        return isinstance(self.result, dict) and isinstance(self.result.get("memory"), dict)
+
+    @property
     def ok(self) -> bool:
         # No status and no error: the engine needed no call for this operation (a no-op).
         return self.error is None and (self.status is None or 200 <= self.status < 300)
@@ -261,7 +266,8 @@ class ControlPlane:
             return NodeResult(**base, elapsed_ms=elapsed, status=outcome.status, detail=detail,
                               kind="http")
         self._registry.record_control(
-            node, operation, tags, error=None, reported_tags=outcome.released_tags
+            node, operation, tags, error=None, reported_tags=outcome.released_tags,
+            reported_memory=outcome.memory,
         )
         return NodeResult(**base, elapsed_ms=elapsed, status=outcome.status, result=outcome.result)
 

@@ -29,14 +29,24 @@ class StatusPoller:
             for name, engine in ENGINES.items()
         }
         self._task: asyncio.Task[None] | None = None
+        self._refreshes: set[asyncio.Future[list[None]]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="status-poller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [*self._refreshes, *([self._task] if self._task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def refresh(self, nodes: list[Node]) -> None:
+        """Poll `nodes` now, in the background, without waiting for the next round."""
+        if not nodes:
+            return
+        task = asyncio.ensure_future(asyncio.gather(*(self.poll(n) for n in nodes)))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
 
     async def _loop(self) -> None:
         while True:

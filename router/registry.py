@@ -136,14 +136,18 @@ class FleetRegistry:
         *,
         error: str | None,
         reported_tags: list[str] | None = None,
+        reported_memory: dict[str, Any] | None = None,
     ) -> None:
-        """Record a control operation's outcome on `node` at once."""
+        """Record a control operation's outcome on `node` at once: its released tags (as the
+        node reported them, else inferred) and, where the node reported it, its memory."""
         node.version += 1
         node.last_op = op
         node.last_error = error
         if error is not None:
             return
         node.health = Health.UP
+        if reported_memory is not None:
+            node.memory = reported_memory
         if reported_tags is not None:
             node.released_tags = frozenset(reported_tags)
             node.sleep_state_known = True

@@ -12,23 +12,11 @@ from pydantic import BaseModel
 from node.engine.sampler import SamplingParams
 from node.engine.tokenizer import encode
 from node.generation import Bootstrap, GenerationRequest
+from node.memory.messages import MemoryInfo
 from node.metrics import CONTENT_TYPE
 from node.runtime import NodeRuntime
 
 router = APIRouter()
-
-
-class RegionInfo(BaseModel):
-    bytes: int
-    state: str
-
-
-class MemoryInfo(BaseModel):
-    used_bytes: int
-    free_bytes: int
-    total_bytes: int
-    measured_as: str
-    regions: dict[str, RegionInfo]
 
 
 class ModelInfo(BaseModel):
@@ -92,10 +80,7 @@ async def get_server_info(request: Request) -> ServerInfo:
     options = runtime.options
     stats = runtime.controller.backend.stats()
     shape = options.model_shape
-    regions = {
-        tag.value: RegionInfo(bytes=r.bytes, state=r.state.value)
-        for tag, r in stats.regions.items()
-    }
+    memory = MemoryInfo.of(stats)
     released = [t.value for t in runtime.controller.released_tags]
     return ServerInfo(
         role=options.role,
@@ -116,16 +101,10 @@ async def get_server_info(request: Request) -> ServerInfo:
             heads=shape.heads,
             vocab=runtime.engine.model.config.vocab,
             dtype=options.torch_dtype_name,
-            weight_bytes=regions["weights"].bytes,
+            weight_bytes=memory.regions["weights"].bytes,
             kv_slots=options.kv_slots,
             kv_slot_tokens=options.slot_tokens,
-            kv_bytes=regions["kv_cache"].bytes,
+            kv_bytes=memory.regions["kv_cache"].bytes,
         ),
-        memory=MemoryInfo(
-            used_bytes=stats.reading.used_bytes,
-            free_bytes=stats.reading.free_bytes,
-            total_bytes=stats.reading.total_bytes,
-            measured_as=stats.reading.measured_as,
-            regions=regions,
-        ),
+        memory=memory,
     )

@@ -30,6 +30,7 @@ from node.errors import BackendDisabled, InsufficientMemory, NodeError, Operatio
 from node.memory.backends.base import MemoryBackend
 from node.memory.messages import (
     FlushReport,
+    MemoryInfo,
     ReleaseReport,
     ReleaseRequest,
     ResumeReport,
@@ -120,6 +121,7 @@ class MemoryController:
             freed_bytes=freed,
             drained_requests=drained,
             elapsed_ms=_elapsed_ms(started),
+            memory=MemoryInfo.of(self._backend.stats()),
         )
 
     async def resume(self, request: ResumeRequest) -> ResumeReport:
@@ -151,6 +153,7 @@ class MemoryController:
             released_tags=self.released_tags,
             restored_bytes=restored,
             elapsed_ms=_elapsed_ms(started),
+            memory=MemoryInfo.of(self._backend.stats()),
         )
 
     async def flush_cache(self) -> FlushReport:
@@ -167,7 +170,8 @@ class MemoryController:
         else:
             self._on_kv_cache_cleared()
             message = "cache flushed"
-        return FlushReport(message=message, elapsed_ms=_elapsed_ms(started))
+        return FlushReport(message=message, elapsed_ms=_elapsed_ms(started),
+                           memory=MemoryInfo.of(self._backend.stats()))
 
     async def _drain(self, request: ReleaseRequest) -> int:
         """Close admission and empty the in-flight set; 409 (admission reopened) on timeout."""

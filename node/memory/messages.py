@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from node.memory.backends.base import BackendStats
 from node.memory.tags import MemoryTag, parse_tags
 
 
@@ -30,6 +31,33 @@ class ResumeRequest(_TagsRequest):
     pass
 
 
+class RegionInfo(BaseModel):
+    bytes: int
+    state: str
+
+
+class MemoryInfo(BaseModel):
+    """This node's memory as measured now, with each region's size and state."""
+
+    used_bytes: int
+    free_bytes: int
+    total_bytes: int
+    measured_as: str
+    regions: dict[str, RegionInfo]
+
+    @classmethod
+    def of(cls, stats: BackendStats) -> MemoryInfo:
+        reading = stats.reading
+        return cls(
+            used_bytes=reading.used_bytes,
+            free_bytes=reading.free_bytes,
+            total_bytes=reading.total_bytes,
+            measured_as=reading.measured_as,
+            regions={tag.value: RegionInfo(bytes=r.bytes, state=r.state.value)
+                     for tag, r in stats.regions.items()},
+        )
+
+
 class ReleaseReport(BaseModel):
     success: bool = True
     released: list[MemoryTag]
@@ -40,6 +68,9 @@ class ReleaseReport(BaseModel):
     freed_bytes: int
     drained_requests: int
     elapsed_ms: float
+    # The memory after the operation: a router records it with `released_tags`, so its view
+    # never shows new tags beside regions and memory from before, and needs no extra poll.
+    memory: MemoryInfo
 
 
 class ResumeReport(BaseModel):
@@ -50,12 +81,14 @@ class ResumeReport(BaseModel):
     released_tags: list[MemoryTag]
     restored_bytes: int
     elapsed_ms: float
+    memory: MemoryInfo
 
 
 class FlushReport(BaseModel):
     success: bool = True
     message: str
     elapsed_ms: float
+    memory: MemoryInfo
 
 
 class SleepStatus(BaseModel):

@@ -55,6 +55,7 @@ class ControlOutcome:
     detail: str | None = None
     error: str | None = None
     released_tags: list[str] | None = None
+    memory: dict[str, Any] | None = None  # the node's memory after the operation, if it said
 
 
 @dataclass(frozen=True, slots=True)

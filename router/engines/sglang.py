@@ -5,8 +5,8 @@ and `/resume_memory_occupation` take `{"tags": [...] | null}` and answer 200 wit
 (the handler returns None); a failure answers 400 `{"error": {"message": ...}}`
 (`_create_error_response`); `POST /flush_cache` answers 200 with a line of text. There is no
 `/is_sleeping`; `/get_server_info` returns the server's arguments; `/health` answers 200 with an
-empty body. pdfleet nodes add `/is_sleeping` and `released_tags` in their replies, which the
-router uses wherever a node answers them.
+empty body. pdfleet nodes add `/is_sleeping`, and `released_tags` and `memory` in their
+replies, which the router uses wherever a node answers them.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def reported_tags(result: Any) -> list[str] | None:
     return None
 
 
+def reported_memory(result: Any) -> dict[str, Any] | None:
+    """pdfleet nodes say their memory after the operation; SGLang itself does not."""
+    if isinstance(result, dict) and isinstance(result.get("memory"), dict):
+        return result["memory"]
+    return None
+
+
 class SGLang(Engine):
     name = "sglang"
 
@@ -49,7 +56,8 @@ class SGLang(Engine):
                                   detail=error_message(reply))
         result = json_value(reply)
         return ControlOutcome(elapsed_ms=elapsed, status=reply.status, result=result,
-                              released_tags=reported_tags(result))
+                              released_tags=reported_tags(result),
+                              memory=reported_memory(result))
 
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:

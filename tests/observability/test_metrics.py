@@ -150,6 +150,24 @@ async def test_status_agrees_with_itself_right_after_a_partial_wake(
     assert await post(http, f"{r.url}/resume_memory_occupation", {"tags": None}) == 200
 
 
+async def test_nodes_whose_reply_does_not_say_their_memory_are_polled_again_at_once(
+    stub_nodes: Callable[..., Any], router: Callable[..., Router], http: aiohttp.ClientSession
+) -> None:
+    # The stub's release reply carries no memory (as SGLang's); its status route shows 0 bytes
+    # used once released. Polls are too rare to help: only the refresh can show that.
+    stubs = stub_nodes([{}])
+    r = router([{"url": stubs.urls[0], "role": "mixed"}], poll_interval_s=60)
+
+    async def used_bytes(expected: int) -> bool:
+        async with http.get(f"{r.url}/cluster/status") as resp:
+            (view,) = (await resp.json())["nodes"]
+        return isinstance(view["memory"], dict) and view["memory"]["used_bytes"] == expected
+
+    await eventually(lambda: used_bytes(1 << 30), within_s=10)
+    assert await post(http, f"{r.url}/release_memory_occupation", BOTH) == 200
+    await eventually(lambda: used_bytes(0), within_s=5)
+
+
 async def test_the_grafana_dashboard_queries_only_series_we_export(
     pd_nodes: list[RealNode], router: Callable[..., Router], http: aiohttp.ClientSession
 ) -> None:
