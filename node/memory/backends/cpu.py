@@ -1,16 +1,18 @@
 """Real release on CPU: region storage is freed, so the process's resident memory drops.
 
 Weights are written to a spill file and read back byte-exact on resume; the KV pool is simply
-dropped and comes back zeroed. Freeing goes through `untyped_storage().resize_(0)`, which keeps
-every tensor object (and every view into the region) valid while its bytes are gone.
+dropped and comes back zeroed. A spill file is anonymous (unlinked from the start), so it
+disappears with the process however that ends, a crash or SIGKILL included. Freeing goes
+through `untyped_storage().resize_(0)`, which keeps every tensor object (and every view into
+the region) valid while its bytes are gone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import tempfile
+from typing import BinaryIO
 
 import torch
 
@@ -36,7 +38,7 @@ class CpuBackend(MemoryBackend):
 
     def __init__(self) -> None:
         super().__init__("cpu")
-        self._spill_dir = tempfile.TemporaryDirectory(prefix="pdfleet-spill-")
+        self._spills: dict[MemoryTag, BinaryIO] = {}
         # Large regions are mmap'ed by glibc and go back to the system when freed; smaller ones
         # may sit in the heap, which malloc_trim hands back.
         self._malloc_trim = _load_malloc_trim()
@@ -58,29 +60,28 @@ class CpuBackend(MemoryBackend):
         else:
             region.tensor.zero_()
 
-    def _spill_path(self, tag: MemoryTag) -> str:
-        return os.path.join(self._spill_dir.name, f"{tag.value}.bin")
-
     def _spill(self, region: Region) -> None:
         data = region.tensor.view(torch.uint8)
         staging = torch.empty(min(_STAGING_BYTES, data.numel()), dtype=torch.uint8)
         staging_bytes = staging.numpy()
-        with open(self._spill_path(region.tag), "wb") as spill:
+        spill = tempfile.TemporaryFile(prefix="pdfleet-spill-")
+        try:
             for chunk in data.split(staging.numel()):
                 staging[: chunk.numel()].copy_(chunk)
                 spill.write(staging_bytes[: chunk.numel()].data)
+        except BaseException:
+            spill.close()
+            raise
+        self._spills[region.tag] = spill
 
     def _restore(self, region: Region) -> None:
         data = region.tensor.view(torch.uint8)
         staging = torch.empty(min(_STAGING_BYTES, data.numel()), dtype=torch.uint8)
         staging_bytes = staging.numpy()
-        path = self._spill_path(region.tag)
-        with open(path, "rb") as spill:
+        with self._spills.pop(region.tag) as spill:
+            spill.seek(0)
             for chunk in data.split(staging.numel()):
                 view = staging_bytes[: chunk.numel()]
                 if spill.readinto(view.data) != chunk.numel():
-                    raise OSError(
-                        f"spill file {path} is shorter than the {region.tag.value} region"
-                    )
+                    raise OSError(f"the spill file is shorter than the {region.tag.value} region")
                 chunk.copy_(staging[: chunk.numel()])
-        os.remove(path)
