@@ -125,14 +125,19 @@ def parse_config(data: Any, source: str = "config") -> FleetConfig:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
-def load_config(path: str | Path) -> FleetConfig:
+def read_yaml(path: str | Path, error: type[Exception]) -> Any:
+    """The YAML document in `path`; `error` (naming the file) when it cannot be read or
+    parsed."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    return parse_config(data, str(path))
+        raise error(f"{path}: invalid YAML ({exc})") from None
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    return parse_config(read_yaml(path, ConfigError), str(path))

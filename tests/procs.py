@@ -94,6 +94,14 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10)
             await asyncio.sleep(0.02)
 
 
+def start_cpu_node(role: str, *extra: str) -> tuple[Process, str]:
+    """A real `pdfleet node` process on CPU (tiny model) on a free port, and its URL."""
+    port = free_port()
+    node = Process([sys.executable, "-m", "node", "--role", role, "--port", str(port),
+                    "--device", "cpu", "--memory-backend", "cpu", *extra])
+    return node, f"http://127.0.0.1:{port}"
+
+
 class StubNodes:
     """A stub-node process serving one port per behaviour."""
 

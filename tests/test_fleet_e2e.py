@@ -8,7 +8,6 @@ what the mixed node gives, streamed or not, and again after the whole fleet slep
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.procs import Process, Router, free_port, wait_http_ok
+from tests.procs import Router, free_port, start_cpu_node, wait_http_ok
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,19 +43,12 @@ class Fleet:
         return self.client(self.mixed_url)
 
 
-def start_node(role: str, *extra: str) -> tuple[Process, str]:
-    port = free_port()
-    node = Process([sys.executable, "-m", "node", "--role", role, "--port", str(port),
-                    "--device", "cpu", "--memory-backend", "cpu", *extra])
-    return node, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     bootstrap_port = free_port()
-    prefill, prefill_url = start_node("prefill", "--bootstrap-port", str(bootstrap_port))
-    decode, decode_url = start_node("decode")
-    mixed, mixed_url = start_node("mixed")
+    prefill, prefill_url = start_cpu_node("prefill", "--bootstrap-port", str(bootstrap_port))
+    decode, decode_url = start_cpu_node("decode")
+    mixed, mixed_url = start_cpu_node("mixed")
     nodes = [(prefill, prefill_url), (decode, decode_url), (mixed, mixed_url)]
     router = None
     try:

@@ -10,7 +10,6 @@ the node's answer can tell it what router A did.
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import Process, Router, free_port, wait_http_ok
+from tests.procs import Router, free_port, start_cpu_node, wait_http_ok
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -36,18 +35,11 @@ class Replicas:
     mixed_url: str
 
 
-def start_node(role: str, *extra: str) -> tuple[Process, str]:
-    port = free_port()
-    node = Process([sys.executable, "-m", "node", "--role", role, "--port", str(port),
-                    "--device", "cpu", "--memory-backend", "cpu", *extra])
-    return node, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     bootstrap_port = free_port()
-    started = [start_node("prefill", "--bootstrap-port", str(bootstrap_port)),
-               start_node("decode"), start_node("mixed")]
+    started = [start_cpu_node("prefill", "--bootstrap-port", str(bootstrap_port)),
+               start_cpu_node("decode"), start_cpu_node("mixed")]
     (_, prefill_url), (_, decode_url), (_, mixed_url) = started
     routers: list[Router] = []
     try:

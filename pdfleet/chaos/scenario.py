@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from node.faults.rules import FaultRuleError, parse_rule
-from router.config import Role, describe_validation_error
+from router.config import Role, describe_validation_error, read_yaml
 
 ErrorKind = Literal["refused", "reset", "timeout", "other"]
 OPERATIONS = ("release", "resume", "flush", "traffic")
@@ -230,12 +229,4 @@ def parse_scenarios(data: Any, source: str) -> ChaosFile:
 
 
 def load_scenarios(path: Path) -> ChaosFile:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: invalid YAML ({exc})") from None
-    return parse_scenarios(data, str(path))
+    return parse_scenarios(read_yaml(path, ScenarioError), str(path))
