@@ -6,12 +6,17 @@ nodes, in one run.
     python scripts/bench_proxy.py [--duration 5] [--concurrency 32 128]
         [--routes /v1/completions /generate] [--json out.json]
 
-Each router runs pinned to CPU 1; the load generator (this process) runs on CPU 0 and the
-stub nodes (scripts/bench_stub.py) on the CPU after the router's, or on CPU 0 beside it on a
-2-CPU machine. `--workers 1 2 4` measures pdfleet once per worker count, each pinned to CPUs
-1..N (N + 2 CPUs needed). The load generator is a raw asyncio HTTP/1.1 client (uvloop,
-httptools) keeping one connection per concurrent request, so the stub and the client cost
-little next to the routers. Router CPU is the router process tree's user+system time over the
+Each router runs pinned to CPU 1; `--workers 1 2 4` measures pdfleet once per worker count,
+each pinned to CPUs 1..N (N + 2 CPUs needed). The CPU plan is made from the CPUs this process
+may use, before anything is pinned: the stub nodes (scripts/bench_stub.py, `--stub-procs`
+processes serving the same ports) take the CPUs after the largest router's, the load generator
+(`--load-procs` processes, each with its share of the concurrency) the rest and CPU 0, where
+this process coordinates them; by default the stubs get 3 of every 8 spare CPUs (16 CPUs with
+`--workers 8`: router 1-8, stubs 9-11, load 12-15 and 0). On a 2-CPU machine everything but
+the router runs on CPU 0, one process each. The load generator is a raw asyncio HTTP/1.1
+client (uvloop, httptools) keeping one connection per concurrent request, so the stub and the
+client cost little next to the routers; req/s, errors and latency percentiles are over every
+load process's samples. Router CPU is the router process tree's user+system time over the
 measured window divided by the requests served in it: it does not depend on which side is the
 bottleneck. "Router cores" is that time over the window's length: above N, the pinning did not
 hold (a sandboxed kernel may ignore it). Non-streaming replies are one JSON body; streaming
@@ -25,6 +30,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
 import select
@@ -39,6 +45,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,7 +55,6 @@ import uvloop
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-LOAD_CPU, ROUTER_CPU = 0, 1
 READY_TIMEOUT_S = 60.0
 PROMPT_BODY = {"model": "stub-model", "prompt": "Hello, my name is", "max_tokens": 16,
                "temperature": 0}
@@ -133,6 +139,7 @@ class Connection(asyncio.Protocol):
 class Phase:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    finished: float = 0.0  # time.monotonic() when the last request of the phase ended
 
 
 class LoadGenerator:
@@ -159,14 +166,15 @@ class LoadGenerator:
             if conn.transport is not None:
                 conn.transport.close()
 
-    async def run(self, seconds: float) -> Phase:
+    async def run(self, end: float) -> Phase:
+        """Requests back to back on every connection, until `end` (time.monotonic())."""
         phase = Phase()
-        end = time.perf_counter() + seconds
         await asyncio.gather(*(self._worker(i, end, phase) for i in range(self.concurrency)))
+        phase.finished = time.monotonic()
         return phase
 
     async def _worker(self, index: int, end: float, phase: Phase) -> None:
-        while (started := time.perf_counter()) < end:
+        while (started := time.monotonic()) < end:
             conn = self.connections[index]
             try:
                 if conn.transport is None or conn.transport.is_closing():
@@ -178,7 +186,7 @@ class LoadGenerator:
             if status != 200 or (self.stream and b"[DONE]" not in tail):
                 phase.errors += 1
                 continue
-            phase.latencies_ms.append((time.perf_counter() - started) * 1000)
+            phase.latencies_ms.append((time.monotonic() - started) * 1000)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -186,30 +194,95 @@ def percentile(values: list[float], q: float) -> float:
         else (values[0] if values else float("nan"))
 
 
-async def measure(port: int, route: str, stream: bool, concurrency: int, warmup_s: float,
-                  seconds: float, router_pid: int | None) -> dict[str, Any]:
-    load = LoadGenerator(port, route, stream, concurrency)
-    await load.open()
+@dataclass(frozen=True)
+class Share:
+    """One load process's part of a cell: its connections and how long it measures."""
+    port: int
+    route: str
+    stream: bool
+    concurrency: int
+    seconds: float
+
+
+async def run_share(share: Share, pipe: Pipe) -> Phase:
+    """Open the share's connections, say so, then warm up until the window's start that the
+    parent sends back and measure from there: every load process measures the same window."""
+    load = LoadGenerator(share.port, share.route, share.stream, share.concurrency)
     try:
-        await load.run(warmup_s)
-        cpu_before = cpu_seconds(router_pid) if router_pid else 0.0
-        started = time.perf_counter()
-        phase = await load.run(seconds)
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(router_pid) - cpu_before if router_pid else None
+        await load.open()
+        pipe.send(None)
+        window: float = pipe.recv()
+        await load.run(window)
+        return await load.run(window + share.seconds)
     finally:
         load.close()
-    served = len(phase.latencies_ms)
-    return {
-        "rps": round(served / elapsed, 1),
-        "p50_ms": round(percentile(phase.latencies_ms, 50), 2),
-        "p99_ms": round(percentile(phase.latencies_ms, 99), 2),
-        "router_cpu_us_per_req": round(cpu / served * 1e6, 1) if cpu is not None and served
-        else None,
-        "router_cores": round(cpu / elapsed, 2) if cpu is not None else None,
-        "requests": served,
-        "errors": phase.errors,
-    }
+
+
+def load_process(cpu: int | None, pipe: Pipe) -> None:
+    """A load generator process: runs the shares it is sent until it is sent None."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    while (share := pipe.recv()) is not None:
+        try:
+            pipe.send(uvloop.run(run_share(share, pipe)))
+        except OSError as exc:
+            pipe.send(f"the load generator could not connect to port {share.port}: {exc}")
+
+
+class LoadProcesses:
+    """The load generator, one process per entry of `cpus` (None: not pinned), each taking its
+    share of a cell's concurrency; `measure` runs a cell on all of them and merges their
+    samples."""
+
+    def __init__(self, cpus: list[int | None]) -> None:
+        context = multiprocessing.get_context("fork")  # no event loop runs here between cells
+        self.pipes: list[Pipe] = []
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        for cpu in cpus:
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=load_process, args=(cpu, theirs), daemon=True)
+            proc.start()
+            theirs.close()
+            self.pipes.append(ours)
+            self.procs.append(proc)
+
+    def close(self) -> None:
+        for proc in self.procs:  # nothing to flush: also ends one stuck in a failed cell
+            proc.kill()
+            proc.join()
+
+    def measure(self, port: int, route: str, stream: bool, concurrency: int, warmup_s: float,
+                seconds: float, router_pid: int | None) -> dict[str, Any]:
+        count = len(self.pipes)
+        shares = [(pipe, concurrency // count + (i < concurrency % count))
+                  for i, pipe in enumerate(self.pipes)]
+        pipes = [pipe for pipe, share in shares if share]
+        for pipe, share in shares:
+            if share:
+                pipe.send(Share(port, route, stream, share, seconds))
+        failures = [failure for failure in (pipe.recv() for pipe in pipes) if failure]
+        if failures:
+            raise SystemExit(failures[0])
+        window = time.monotonic() + warmup_s
+        for pipe in pipes:
+            pipe.send(window)
+        time.sleep(max(0.0, window - time.monotonic()))  # read the router's CPU at the start
+        cpu_before = cpu_seconds(router_pid) if router_pid else 0.0
+        phases: list[Phase] = [pipe.recv() for pipe in pipes]
+        cpu = cpu_seconds(router_pid) - cpu_before if router_pid else None
+        elapsed = max(phase.finished for phase in phases) - window
+        latencies = [ms for phase in phases for ms in phase.latencies_ms]
+        served = len(latencies)
+        return {
+            "rps": round(served / elapsed, 1),
+            "p50_ms": round(percentile(latencies, 50), 2),
+            "p99_ms": round(percentile(latencies, 99), 2),
+            "router_cpu_us_per_req": round(cpu / served * 1e6, 1) if cpu is not None and served
+            else None,
+            "router_cores": round(cpu / elapsed, 2) if cpu is not None else None,
+            "requests": served,
+            "errors": sum(phase.errors for phase in phases),
+        }
 
 
 @dataclass
@@ -223,10 +296,12 @@ class Target:
         return None if self.proc is None else self.proc.pid
 
 
-def start_stub(chunks: int, gap_ms: float, cpu: int | None) -> tuple[subprocess.Popen[bytes],
-                                                                      int, int]:
+def start_stub(chunks: int, gap_ms: float, cpus: set[int] | None,
+               processes: int) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The stub nodes, `processes` processes spread over `cpus`, and their two ports."""
     proc = spawn([sys.executable, "scripts/bench_stub.py", "--chunks", str(chunks),
-                  "--chunk-gap-ms", str(gap_ms)], cpu, stdout=subprocess.PIPE)
+                  "--chunk-gap-ms", str(gap_ms), "--processes", str(processes)], cpus,
+                 stdout=subprocess.PIPE)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     line = proc.stdout.readline().decode() if ready else ""
@@ -293,14 +368,15 @@ def start_router(name: str, args: list[str], env: dict[str, str], port: int,
     return None, f"did not serve /v1/completions within {READY_TIMEOUT_S:.0f} s"
 
 
-def measure_target(target: Target, args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure_target(target: Target, load: LoadProcesses,
+                   args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every cell (mode x concurrency) for one target, one router running at a time."""
     cells = []
     for route in args.routes:
         for stream in (False, True):
             for concurrency in args.concurrency:
-                cell = uvloop.run(measure(target.port, route, stream, concurrency, args.warmup,
-                                          args.duration, target.pid))
+                cell = load.measure(target.port, route, stream, concurrency, args.warmup,
+                                    args.duration, target.pid)
                 mode = "stream" if stream else "unary"
                 cells.append({"target": target.name, "route": route, "mode": mode,
                               "concurrency": concurrency, **cell})
@@ -309,7 +385,56 @@ def measure_target(target: Target, args: argparse.Namespace) -> list[dict[str, A
     return cells
 
 
-def machine_line(pinning: bool, stub_cpu: int | None) -> str:
+def cpu_list(cpus: list[int]) -> str:
+    return ", ".join(map(str, cpus))
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """Where each side runs, made from the CPUs this process may use before any is pinned.
+    `home` None: one CPU, nothing pinned. The processes of one side take that side's CPUs in
+    turn (several share one where there are more processes than CPUs)."""
+    home: int | None  # this process, which only coordinates the load processes
+    router: list[int]  # pdfleet --workers N: the first N
+    stubs: list[int]
+    load: list[int]
+    stub_procs: int
+    load_procs: int
+
+    @classmethod
+    def make(cls, available: list[int], most_workers: int, stub_procs: int | None,
+             load_procs: int | None) -> CpuPlan:
+        """Router on the CPUs after the first; the stubs take 3 of every 8 CPUs left (the
+        first one included), at least one, the load generator the rest and the first one. A
+        2-CPU machine has none left: the stubs and the load generator share the first."""
+        if len(available) < 2:
+            return cls(None, [], [], [], stub_procs or 1, load_procs or 1)
+        home, router = available[0], available[1:1 + most_workers]
+        spare = available[1 + most_workers:]
+        stub_count = stub_procs or max(1, (len(spare) + 1) * 3 // 8)
+        load = [*spare[stub_count:], home]
+        load_count = load_procs or len(load)
+        return cls(home, router, spare[:stub_count] or [home], load[:load_count], stub_count,
+                   load_count)
+
+    def router_cpus(self, workers: int) -> set[int] | None:
+        return set(self.router[:workers]) if self.router else None
+
+    def load_cpus(self) -> list[int | None]:
+        return [self.load[i % len(self.load)] if self.load else None
+                for i in range(self.load_procs)]
+
+    def processes_line(self) -> str:
+        def processes(count: int, cpus: list[int]) -> str:
+            where = f" on CPUs {cpu_list(cpus)}" if self.home is not None else ", not pinned"
+            return f"{count} process{'es' if count > 1 else ''}{where}"
+
+        home = f", coordinated from CPU {self.home}" if self.home is not None else ""
+        return (f"load generator {processes(self.load_procs, self.load)}{home}; stubs "
+                f"{processes(self.stub_procs, self.stubs)}")
+
+
+def machine_line(plan: CpuPlan) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -318,9 +443,10 @@ def machine_line(pinning: bool, stub_cpu: int | None) -> str:
                 break
     except OSError:
         pass
-    where = (f"routers pinned to CPU {ROUTER_CPU} (pdfleet --workers N: CPUs {ROUTER_CPU} to "
-             f"N), load generator on CPU {LOAD_CPU}, stubs on CPU {stub_cpu}"
-             if pinning else "no pinning (one CPU)")
+    where = (f"routers pinned to CPU {plan.router[0]} (pdfleet --workers N: CPUs "
+             f"{plan.router[0]} to N), load generator on CPUs {cpu_list(plan.load)}, stubs "
+             f"on CPUs {cpu_list(plan.stubs)}"
+             if plan.home is not None else "no pinning (one CPU)")
     return (f"{cpu}, {os.cpu_count()} CPUs ({where}), Python {platform.python_version()}")
 
 
@@ -373,27 +499,34 @@ def main() -> None:
                                                           "vllm-router"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="pdfleet --workers counts, one target each, pinned to that many "
-                             "CPUs from CPU 1; the stubs get the next CPU")
+                             "CPUs from CPU 1; the stubs and load generator get the CPUs after "
+                             "the largest's")
+    parser.add_argument("--stub-procs", type=int,
+                        help="stub node processes (default: 3 of every 8 spare CPUs, at least 1)")
+    parser.add_argument("--load-procs", type=int,
+                        help="load generator processes (default: one per CPU the stubs leave)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    for flag in ("stub_procs", "load_procs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
 
-    pinning = len(os.sched_getaffinity(0)) > 1
-    load_cpu = LOAD_CPU if pinning else None
-    router_cpu = ROUTER_CPU if pinning else None
+    available = sorted(os.sched_getaffinity(0))
     most = max(args.workers)
-    if most > 1 and len(os.sched_getaffinity(0)) < most + 2:
+    if most > 1 and len(available) < most + 2:
         raise SystemExit(f"--workers {most} needs {most + 2} CPUs: the load generator's, "
                          f"{most} for the router and the stubs'")
-    if load_cpu is not None:
-        os.sched_setaffinity(0, {load_cpu})
-    # Where there are CPUs to spare, the stubs get their own, after the router's.
-    stub_cpu = ROUTER_CPU + most if len(os.sched_getaffinity(0)) > 2 else load_cpu
-    stub, prefill_port, decode_port = start_stub(args.chunks, args.chunk_gap_ms, stub_cpu)
+    plan = CpuPlan.make(available, most, args.stub_procs, args.load_procs)
+    if plan.home is not None:
+        os.sched_setaffinity(0, {plan.home})
+    stub, prefill_port, decode_port = start_stub(
+        args.chunks, args.chunk_gap_ms, set(plan.stubs) or None, plan.stub_procs)
     prefill, decode = f"http://127.0.0.1:{prefill_port}", f"http://127.0.0.1:{decode_port}"
     notes: dict[str, str] = {"direct": "straight to the decode stub, no router"}
     cells: list[dict[str, Any]] = []
+    load = LoadProcesses(plan.load_cpus())
     try:
-        cells += measure_target(Target("direct", decode_port), args)
+        cells += measure_target(Target("direct", decode_port), load, args)
         with tempfile.TemporaryDirectory() as tmp:
             runs = [(name, n) for name in args.routers
                     for n in (args.workers if name == "pdfleet" else [1])]
@@ -405,9 +538,7 @@ def main() -> None:
                 if module is not None and importlib.util.find_spec(module) is None:
                     notes[name] = f"skipped: not installed (pip install {name})"
                     continue
-                cpus = None if router_cpu is None else set(
-                    range(router_cpu, router_cpu + workers))
-                target, why = start_router(name, cmd, env, port, cpus,
+                target, why = start_router(name, cmd, env, port, plan.router_cpus(workers),
                                            Path(tmp) / f"{router_name}-{workers}.log")
                 notes[name] = why if target is not None else f"skipped: {why}"
                 if target is None:
@@ -415,13 +546,15 @@ def main() -> None:
                 assert target.proc is not None
                 try:
                     cells += [{**cell, "workers": workers}
-                              for cell in measure_target(target, args)]
+                              for cell in measure_target(target, load, args)]
                 finally:
                     stop(target.proc)
     finally:
+        load.close()
         stop(stub)
-    machine = machine_line(pinning, stub_cpu)
+    machine = machine_line(plan)
     print(f"machine: {machine}")
+    print(f"processes: {plan.processes_line()}")
     print(f"routes: POST {', '.join(args.routes)}; streaming = {args.chunks} SSE chunks "
           f"{args.chunk_gap_ms} ms apart; {args.duration:.0f} s per cell after "
           f"{args.warmup:.0f} s warm-up\n")
@@ -432,7 +565,8 @@ def main() -> None:
     print_scaling(cells)
     if args.json:
         args.json.write_text(json.dumps({
-            "machine": machine, "chunks": args.chunks, "chunk_gap_ms": args.chunk_gap_ms,
+            "machine": machine, "processes": plan.processes_line(), "chunks": args.chunks,
+            "chunk_gap_ms": args.chunk_gap_ms,
             "duration_s": args.duration, "targets": notes, "cells": cells}, indent=2))
 
 

@@ -3,8 +3,12 @@ whose replies are prebuilt bytes, so that the stub costs far less per request th
 it stands behind.
 
     python scripts/bench_stub.py --prefill 1 --decode 1 --chunks 16 --chunk-gap-ms 1
+        [--processes 1]
 
 Prints one line `READY {"prefill": [ports], "decode": [ports]}` once every port listens.
+`--processes N` serves every port from N processes (one listening socket each, SO_REUSEPORT,
+so the kernel spreads new connections over them), process i pinned to the i-th CPU this one
+may run on (cycling), so that one process's event loop does not cap a many-core benchmark.
 Every GET answers 200 with a one-model list (health checks, model discovery). A POST answers
 in the route's shape (`/generate` as SGLang, the rest as an OpenAI completion); a request
 with `"stream": true` gets SSE: a decode node sends `--chunks` events `--chunk-gap-ms` apart
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 from typing import Any, cast
 
@@ -54,6 +59,7 @@ STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
 STREAM_END = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 ROUTES = (b"/generate", b"/v1/completions", b"/v1/chat/completions")
+BACKLOG = 4096
 
 
 class Replies:
@@ -123,20 +129,44 @@ class StubConnection(asyncio.Protocol):
         transport.write(STREAM_END)
 
 
-async def serve(prefill: int, decode: int, chunks: int, gap_s: float) -> None:
+def listen(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(BACKLOG)
+    return sock
+
+
+def bind_all(prefill: int, decode: int, processes: int) -> list[list[tuple[str, socket.socket]]]:
+    """Every process's listening sockets, as (role, socket), all bound and listening before
+    any process starts, so that READY means every process takes connections."""
+    first = [(role, listen(0)) for role, count in (("prefill", prefill), ("decode", decode))
+             for _ in range(count)]
+    return [first] + [[(role, listen(sock.getsockname()[1])) for role, sock in first]
+                      for _ in range(processes - 1)]
+
+
+async def serve(sockets: list[tuple[str, socket.socket]], chunks: int, gap_s: float) -> None:
     loop = asyncio.get_running_loop()
-    ports: dict[str, list[int]] = {"prefill": [], "decode": []}
-    for role, count in (("prefill", prefill), ("decode", decode)):
-        replies = Replies(role, chunks, gap_s)
-        for _ in range(count):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", 0))
-            server = await loop.create_server(
-                lambda r=replies: StubConnection(r), sock=sock, backlog=4096)
-            ports[role].append(server.sockets[0].getsockname()[1])
-    print("READY " + json.dumps(ports), flush=True)
+    replies = {role: Replies(role, chunks, gap_s) for role in ("prefill", "decode")}
+    for role, sock in sockets:
+        await loop.create_server(lambda r=replies[role]: StubConnection(r), sock=sock,
+                                 backlog=BACKLOG)
     await asyncio.Event().wait()
+
+
+def run_process(index: int, sockets: list[list[tuple[str, socket.socket]]], chunks: int,
+                gap_s: float) -> None:
+    """Serve process `index`'s sockets, closing the other processes' copies."""
+    if len(sockets) > 1:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    for other, own in enumerate(sockets):
+        if other != index:
+            for _, sock in own:
+                sock.close()
+    uvloop.run(serve(sockets[index], chunks, gap_s))
 
 
 def main() -> None:
@@ -145,8 +175,23 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=1)
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--chunk-gap-ms", type=float, default=1.0)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes serving every port (SO_REUSEPORT)")
     args = parser.parse_args()
-    uvloop.run(serve(args.prefill, args.decode, args.chunks, args.chunk_gap_ms / 1000))
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    sockets = bind_all(args.prefill, args.decode, args.processes)
+    ports: dict[str, list[int]] = {"prefill": [], "decode": []}
+    for role, sock in sockets[0]:
+        ports[role].append(sock.getsockname()[1])
+    for index in range(1, args.processes):
+        if os.fork() == 0:  # the child serves its sockets until the process group is ended
+            try:
+                run_process(index, sockets, args.chunks, args.chunk_gap_ms / 1000)
+            finally:
+                os._exit(1)
+    print("READY " + json.dumps(ports), flush=True)
+    run_process(0, sockets, args.chunks, args.chunk_gap_ms / 1000)
 
 
 if __name__ == "__main__":
