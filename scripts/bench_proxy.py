@@ -340,19 +340,29 @@ def router_command(name: str, prefill: str, decode: str, bootstrap_port: int, po
     raise SystemExit(f"unknown router {name!r}: pdfleet, sglang-router or vllm-router")
 
 
-def serves_completions(port: int) -> bool:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(PROMPT_BODY).encode(),
-        headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+def serving_workers(port: int, workers: int) -> bool:
+    """Whether the router serves `/v1/completions`, from each of its `workers` processes:
+    connections made while some worker does not listen yet would all stay on the others."""
+    seen: set[str | None] = set()
+    for _ in range(20 * workers):  # fresh connections; the kernel spreads them by hash
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(PROMPT_BODY).encode(),
+            headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                if resp.status != 200:
+                    return False
+                seen.add(resp.headers.get("X-Pdfleet-Worker"))
+        except (urllib.error.URLError, OSError):
+            return False
+        if len(seen) == workers:
+            return True
+    return False
 
 
 def start_router(name: str, args: list[str], env: dict[str, str], port: int,
-                 cpu: int | set[int] | None, log: Path) -> tuple[Target | None, str]:
+                 cpu: int | set[int] | None, log: Path, workers: int = 1
+                 ) -> tuple[Target | None, str]:
     """The running router, or None and why not."""
     with log.open("wb") as out:
         proc = spawn(args, cpu, env, stdout=out.fileno())
@@ -361,7 +371,7 @@ def start_router(name: str, args: list[str], env: dict[str, str], port: int,
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             return None, f"exited with code {proc.returncode}: {' / '.join(tail)}"
-        if serves_completions(port):
+        if serving_workers(port, workers):
             return Target(name, port, proc), "ok"
         time.sleep(0.2)  # readiness polling, bounded by the deadline
     stop(proc)
@@ -539,7 +549,7 @@ def main() -> None:
                     notes[name] = f"skipped: not installed (pip install {name})"
                     continue
                 target, why = start_router(name, cmd, env, port, plan.router_cpus(workers),
-                                           Path(tmp) / f"{router_name}-{workers}.log")
+                                           Path(tmp) / f"{router_name}-{workers}.log", workers)
                 notes[name] = why if target is not None else f"skipped: {why}"
                 if target is None:
                     continue
