@@ -25,9 +25,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httptools
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_fixed,
+)
 
-RETRY_ATTEMPTS = 3
-RETRY_WAITS_S = (0.25, 0.5)  # before the 2nd and 3rd attempt
+RETRY_ATTEMPTS = 3  # in all, the first included
+RETRY_WAITS_S = (0.25, 0.5)  # before the 2nd and the 3rd
 STREAM_BUFFERED_CHUNKS = 64  # stop reading a stream the client does not keep up with
 
 FailureKind = Literal["refused", "reset", "timeout", "other"]
@@ -526,21 +533,29 @@ async def call_node(
     other), all before `deadline` (event-loop time). Refused connections are retried with a
     short backoff, never past the deadline, unless `retry_refused` is false: then the caller
     decides where to go next."""
-    attempts = RETRY_ATTEMPTS if retry_refused else 1
-    for attempt in range(attempts):
-        try:
-            reply = await start_call(session, method, url, deadline=deadline, body=body,
-                                     headers=headers, max_body=max_body,
-                                     max_error_body=max_error_body)
-        except ConnectionRefused:
-            if attempt + 1 == attempts:
-                raise
-            loop = asyncio.get_running_loop()
-            wait = RETRY_WAITS_S[attempt]
-            if loop.time() + wait >= deadline:
-                raise
-            await asyncio.sleep(wait)
-        else:
-            assert isinstance(reply, NodeReply)
-            return reply
-    raise AssertionError("unreachable")
+    async def attempt() -> NodeReply:
+        reply = await start_call(session, method, url, deadline=deadline, body=body,
+                                 headers=headers, max_body=max_body,
+                                 max_error_body=max_error_body)
+        assert isinstance(reply, NodeReply)
+        return reply
+
+    loop = asyncio.get_running_loop()
+    first_wait, later_wait = RETRY_WAITS_S
+    try:
+        return await attempt()  # the common case pays nothing for the retry machinery
+    except ConnectionRefused:
+        if not retry_refused or loop.time() + first_wait >= deadline:
+            raise
+    await asyncio.sleep(first_wait)
+
+    def past_deadline(state: RetryCallState) -> bool:
+        return loop.time() + (state.upcoming_sleep or 0) >= deadline
+
+    retrying = AsyncRetrying(
+        wait=wait_fixed(later_wait),
+        stop=stop_after_attempt(RETRY_ATTEMPTS - 1) | past_deadline,
+        retry=retry_if_exception_type(ConnectionRefused),
+        reraise=True,
+    )
+    return await retrying(attempt)

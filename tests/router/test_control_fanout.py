@@ -158,6 +158,15 @@ async def test_refused_connection_is_retried_three_times_then_fails(stub_nodes, 
     assert 0.6 < body["detail"]["failures"][0]["elapsed_ms"] / 1000 < 2.5
 
 
+async def test_refused_connection_retries_stop_before_the_deadline(stub_nodes, router, http):
+    dead = f"http://127.0.0.1:{closed_port()}"
+    r = router(nodes_of([dead]))
+    status, body, _ = await post(http, r.url + RELEASE + "?timeout=0.4")
+    assert status == 502
+    # one retry after 0.25 s fits in 0.4 s; the next, 0.5 s later, would not
+    assert 0.2 < body["detail"]["failures"][0]["elapsed_ms"] / 1000 < 0.4
+
+
 async def test_reset_mid_reply_is_a_transport_failure_and_is_not_retried(stub_nodes, router, http):
     stubs = stub_nodes([{"mode": "reset"}])
     r = router(nodes_of(stubs.urls))
