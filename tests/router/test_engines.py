@@ -61,13 +61,19 @@ def by_server(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["server"]: n for n in reply["nodes"]}
 
 
-async def test_mixed_fleet_sleeps_and_wakes_in_stages_through_sglang_routes(
-        pdfleet_node, stub_nodes, router, http):
-    stubs = stub_nodes([SGLANG, VLLM])
-    sglang, vllm = stubs.urls
+def three_engine_fleet(pdfleet_node: str, stub_nodes: Any, router: Any) -> tuple[Any, str, str]:
+    """A router over a real pdfleet node, an SGLang-shaped and a vLLM-shaped stub, all mixed:
+    the router and the two stubs' URLs."""
+    sglang, vllm = stub_nodes([SGLANG, VLLM]).urls
     r = router([{"url": pdfleet_node, "role": "mixed"},
                 {"url": sglang, "role": "mixed", "engine": "sglang"},
                 {"url": vllm, "role": "mixed", "engine": "vllm"}])
+    return r, sglang, vllm
+
+
+async def test_mixed_fleet_sleeps_and_wakes_in_stages_through_sglang_routes(
+        pdfleet_node, stub_nodes, router, http):
+    r, sglang, vllm = three_engine_fleet(pdfleet_node, stub_nodes, router)
 
     status, body = await call(http, "POST", f"{r.url}/release_memory_occupation", b"{}")
     assert status == 200, body
@@ -100,11 +106,7 @@ async def test_mixed_fleet_sleeps_and_wakes_in_stages_through_sglang_routes(
 
 async def test_mixed_fleet_sleeps_and_wakes_in_stages_through_vllm_routes(
         pdfleet_node, stub_nodes, router, http):
-    stubs = stub_nodes([SGLANG, VLLM])
-    sglang, vllm = stubs.urls
-    r = router([{"url": pdfleet_node, "role": "mixed"},
-                {"url": sglang, "role": "mixed", "engine": "sglang"},
-                {"url": vllm, "role": "mixed", "engine": "vllm"}])
+    r, sglang, vllm = three_engine_fleet(pdfleet_node, stub_nodes, router)
 
     status, body = await call(http, "POST", f"{r.url}/sleep", params=[("level", "2")])
     assert status == 200, body
