@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from rich.console import Console
 
 from node.faults.rules import parse_rule
 from pdfleet.chaos.scenario import ControlCall, FleetSpec, UnreachableNode
-from pdfleet.launcher import Child, LaunchError, LocalFleet
+from pdfleet.launcher import Child, LaunchError, LocalFleet, ports_in_use
+from pdfleet.ports import free_port
 from router.config import FleetConfig, NodeSpec, Role, RouterSettings
 from router.security import admin_token_from_env
 
@@ -34,23 +34,17 @@ class FleetUnavailable(Exception):
     """The fleet could not be started or reached (exit 2)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _local_config(spec: FleetSpec) -> FleetConfig:
     """The fleet of the scenario file on free ports, every node with fault injection on."""
     settings = {"poll_interval_s": 0.5, "poll_timeout_s": 1.0, **spec.router,
-                "host": "127.0.0.1", "port": _free_port()}
+                "host": "127.0.0.1", "port": free_port()}
     nodes = []
     for node in spec.nodes:
         launch = {"device": "cpu", "memory_backend": "cpu", **node.launch,
                   "enable_fault_injection": True}
         nodes.append(NodeSpec(
-            url=f"http://127.0.0.1:{_free_port()}", role=node.role, launch=launch,
-            bootstrap_port=_free_port() if node.role is Role.PREFILL else None))
+            url=f"http://127.0.0.1:{free_port()}", role=node.role, launch=launch,
+            bootstrap_port=free_port() if node.role is Role.PREFILL else None))
     return FleetConfig(router=RouterSettings.model_validate(settings), nodes=nodes)
 
 
@@ -61,6 +55,9 @@ def start_local(spec: FleetSpec, console: Console, ready_timeout_s: float
         config = _local_config(spec)
     except ValueError as exc:
         raise FleetUnavailable(f"fleet.router: {exc}") from None
+    problems = ports_in_use(config)
+    if problems:
+        raise FleetUnavailable("; ".join(problems))
     path = Path(tempfile.mkdtemp(prefix="pdfleet-chaos-")) / "fleet.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
     fleet = LocalFleet(config, path, console)
@@ -170,7 +167,7 @@ class Fleet:
             return True
 
     async def add_unreachable(self, node: UnreachableNode) -> None:
-        url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there once the probe closes
+        url = f"http://127.0.0.1:{free_port()}"  # nothing listens there once the probe closes
         status, body = await self._call("POST", f"{self.router_url}/workers",
                                         {"url": url, "role": node.role.value})
         if status != 201:
