@@ -192,14 +192,19 @@ class DirectCycle:
         parts = self._head(stream.status, [(b"content-type", stream.content_type.encode())],
                            close=False)
         parts.append(b"transfer-encoding: chunked\r\n\r\n")
-        cycle.transport.write(b"".join(parts))
-        async for chunk in stream.chunks():
-            if cycle.flow.write_paused:
-                await cycle.flow.drain()
-            if cycle.disconnected:
-                return
-            cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        cycle.transport.write(b"0\r\n\r\n")
+        transport, flow = cycle.transport, cycle.flow
+        transport.write(b"".join(parts))
+
+        def write(chunk: bytes) -> bool:
+            if cycle.disconnected:  # the task serving it is being cancelled
+                return True
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            return not flow.write_paused
+
+        await stream.pipe(write, flow.drain)
+        if cycle.disconnected:
+            return
+        transport.write(b"0\r\n\r\n")
         self._complete()
 
     def _complete(self) -> None:

@@ -20,7 +20,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,6 +133,8 @@ class NodeStream:
         self._waiter: asyncio.Future[None] | None = None
         self.complete = False
         self._closed = False
+        self._sink: Callable[[bytes], bool] | None = None
+        self._sink_full = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives: what came since the last step, in one piece (under load,
@@ -158,6 +160,39 @@ class NodeStream:
             finally:
                 self._waiter = None
 
+    async def pipe(self, write: Callable[[bytes], bool],
+                   drained: Callable[[], Awaitable[None]]) -> None:
+        """Like `chunks()`, but each piece goes to `write` straight from the connection's
+        callback as it arrives, with no task step per piece. `write` returns False once the
+        client's buffer is full: the node is then not read until `drained()` returns."""
+        loop = asyncio.get_running_loop()
+        ready = True
+        while True:
+            if not ready:
+                await drained()
+                ready = True
+            if self._chunks:
+                buffered = self._chunks
+                chunk = buffered.popleft() if len(buffered) == 1 else b"".join(buffered)
+                buffered.clear()
+                ready = write(chunk)
+                continue
+            end = self._end
+            if end is _END:
+                self.complete = True
+                return
+            if end is not None:
+                raise end
+            self._conn.resume()
+            self._sink = write
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = self._sink = None
+            if self._sink_full:
+                self._sink_full = ready = False
+
     def fail(self, exc: BaseException) -> None:
         """End the stream early with `exc` (raised by `chunks()` once buffered data is read)."""
         if self._end is None:
@@ -172,6 +207,14 @@ class NodeStream:
 
     # Called by the connection.
     def _push(self, chunk: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            if not sink(chunk):  # the client is full: buffer from here on, stop reading
+                self._sink = None
+                self._sink_full = True
+                self._conn.pause()
+                self._wake()
+            return
         self._chunks.append(chunk)
         if len(self._chunks) > STREAM_BUFFERED_CHUNKS:
             self._conn.pause()

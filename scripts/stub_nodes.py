@@ -16,7 +16,8 @@ fails), and the generation routes as below. Without it, each port answers:
 - `POST /generate`, `/v1/completions`, `/v1/chat/completions` (when the behaviour does
   not fail them): a reply in SGLang's / OpenAI's shape naming the stub (`served_by`) and
   the `bootstrap_room` it got; with `"stream": true` in the request, SSE of
-  `stream_chunks` chunks (default 3) `chunk_delay` s apart, then `data: [DONE]`. With
+  `stream_chunks` chunks (default 3) `chunk_delay` s apart, each padded with `chunk_pad`
+  bytes if set, then `data: [DONE]`. With
   `"hold_last_chunk": true` the last chunk waits for `POST /_stub/release`;
 - `GET /v1/models`, `GET /health`: a one-model list, 200;
 - `GET /_stub/requests`: what it received (path, headers, body, and for generation
@@ -169,7 +170,10 @@ class StubNode:
             if index == chunks - 1 and rule.get("hold_last_chunk"):
                 await self.last_chunk_released.wait()
                 self.last_chunk_released.clear()
-            data = json.dumps(generation_chunk(request.path, served_by, index))
+            chunk = generation_chunk(request.path, served_by, index)
+            if rule.get("chunk_pad"):
+                chunk["pad"] = "x" * int(rule["chunk_pad"])
+            data = json.dumps(chunk)
             await resp.write(f"data: {data}\n\n".encode())
             entry["chunks_sent"] = index + 1
         await resp.write(b"data: [DONE]\n\n")

@@ -11,7 +11,7 @@ count, and the prefill call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from router.pd.errors import GenerationError
 from router.registry import Node
@@ -70,10 +70,22 @@ class DecodeStream:
         try:
             async for chunk in self._stream.chunks():
                 yield chunk
-        except PrefillFailed as exc:
-            yield exc.error.sse_event()
-        except TransportError as exc:
-            yield self._failed(self.node, exc).sse_event()
+        except (PrefillFailed, TransportError) as exc:
+            yield self._error_event(exc)
+
+    async def pipe(self, write: Callable[[bytes], bool],
+                   drained: Callable[[], Awaitable[None]]) -> None:
+        """The stream through `write` as it arrives (`NodeStream.pipe`), ended the same way
+        as `chunks()`: a failure becomes a last SSE error event."""
+        try:
+            await self._stream.pipe(write, drained)
+        except (PrefillFailed, TransportError) as exc:
+            write(self._error_event(exc))
+
+    def _error_event(self, exc: PrefillFailed | TransportError) -> bytes:
+        if isinstance(exc, PrefillFailed):
+            return exc.error.sse_event()
+        return self._failed(self.node, exc).sse_event()
 
     def close(self) -> None:
         if self._closed:

@@ -69,6 +69,28 @@ async def test_relay_does_not_wait_for_prefill_reply(stub_nodes, router, http):
     assert (await calls(http, stubs.urls[0]))[0].get("disconnected") is None
 
 
+async def test_a_client_that_stops_reading_stops_the_node_stream_and_loses_nothing(
+        stub_nodes, router, http):
+    chunks = 1500  # of 64 KiB: 94 MiB, far more than every buffer on the way holds
+    stubs = stub_nodes([{}, {"stream_chunks": chunks, "chunk_pad": 65536}])
+    r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
+    async with http.post(f"{r.url}/generate", json={"text": "x", "stream": True}) as resp:
+        assert resp.status == 200
+        # The client reads nothing: the router stops reading the node, so the stub's
+        # writes block well before its last chunk.
+        sent = [-1]
+        async with asyncio.timeout(30):
+            while len(sent) < 4 or len(set(sent[-4:])) > 1:
+                await asyncio.sleep(0.25)
+                (decode_call,) = await calls(http, stubs.urls[1])
+                sent.append(decode_call["chunks_sent"])
+        assert 0 < sent[-1] < chunks, sent
+        received = events(await resp.read())
+    assert len(received) == chunks + 1 and received[-1] == "[DONE]"
+    assert [json.loads(e)["pad"] == "x" * 65536 for e in received[:-1]] == [True] * chunks
+    await eventually(lambda: no_outstanding(http, r.url))
+
+
 async def test_client_disconnect_cancels_both_node_calls(stub_nodes, router, http):
     stubs = stub_nodes([{"mode": "hang"}, {"stream_chunks": 4, "hold_last_chunk": True}])
     r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
