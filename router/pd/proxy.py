@@ -178,7 +178,7 @@ class GenerationProxy:
         try:
             if prefill_node is not None:
                 prefill = self._start(prefill_node, path, body, deadline, PREFILL_REPLY_BYTES)
-                await asyncio.wait((prefill, decode), return_when=asyncio.FIRST_COMPLETED)
+                await _either(prefill, decode)
                 if prefill.done():
                     self._check_prefill(prefill_node, prefill)
             await _ended(decode)
@@ -203,7 +203,7 @@ class GenerationProxy:
         try:
             if prefill_node is not None:
                 prefill = self._start(prefill_node, path, body, deadline, PREFILL_REPLY_BYTES)
-                await asyncio.wait((prefill, opening), return_when=asyncio.FIRST_COMPLETED)
+                await _either(prefill, opening)
                 if prefill.done():
                     self._check_prefill(prefill_node, prefill)
             await _ended(opening)
@@ -225,6 +225,26 @@ class GenerationProxy:
         """Keep a prefill call that outlived its stream until it ends on its own."""
         self._finishing.add(prefill)
         prefill.add_done_callback(self._finishing.discard)
+
+
+async def _either(a: asyncio.Future[Any], b: asyncio.Future[Any]) -> None:
+    """Wait until `a` or `b` has ended: `asyncio.wait(FIRST_COMPLETED)` for two futures,
+    without its sets and per-call checks (every PD request waits on one)."""
+    if a.done() or b.done():
+        return
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
 
 
 async def _ended(call: asyncio.Future[Any]) -> None:
