@@ -196,13 +196,15 @@ class DirectCycle:
         transport.write(b"".join(parts))
 
         def write(chunk: bytes) -> bool:
-            if cycle.disconnected:  # the task serving it is being cancelled
+            # Called from the node connection's parser: a write to a closed client transport
+            # would raise there and be taken for the node's failure.
+            if cycle.disconnected or transport.is_closing():
                 return True
             transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             return not flow.write_paused
 
         await stream.pipe(write, flow.drain)
-        if cycle.disconnected:
+        if cycle.disconnected or transport.is_closing():
             return
         transport.write(b"0\r\n\r\n")
         self._complete()
