@@ -1,0 +1,18 @@
+"""Ports for fleets started on the fly: free, never handed out twice, and outside the range
+the kernel takes outgoing connections' source ports from."""
+
+from __future__ import annotations
+
+import socket
+
+from pdfleet.ports import _ephemeral_start, free_port
+
+
+def test_ports_are_distinct_free_and_below_the_ephemeral_range():
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < _ephemeral_start() for port in ports)
+    for port in ports[:20]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
