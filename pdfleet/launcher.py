@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from pdfleet.ports import can_bind
 from router.config import FleetConfig, NodeSpec, Role
 from router.workers import die_with_parent
 
@@ -130,20 +130,9 @@ def ports_in_use(config: FleetConfig) -> list[str]:
         if port in seen:
             problems.append(f"port {port} is wanted by both {seen[port]} and {owner}")
         seen[port] = owner
-        if not _can_bind(host, port):
+        if not can_bind(host, port):
             problems.append(f"port {port} ({owner}) is already in use on {host}")
     return problems
-
-
-def _can_bind(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class LocalFleet:

@@ -30,8 +30,10 @@ def _ephemeral_start() -> int:
         return 32768  # Linux's default
 
 
-def _bindable(host: str, port: int) -> bool:
-    with socket.socket() as sock:
+def can_bind(host: str, port: int) -> bool:
+    """Whether a server could listen on `host:port` now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
         try:
             sock.bind((host, port))
@@ -52,7 +54,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     with _lock:
         for _ in range(TRIES):
             port = _random.randint(LOWEST, highest) if highest > LOWEST else _any_port(host)
-            if port not in _given and _bindable(host, port):
+            if port not in _given and can_bind(host, port):
                 _given.add(port)
                 return port
     raise OSError(f"no free port found on {host} in {TRIES} tries")

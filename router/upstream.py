@@ -142,56 +142,60 @@ class NodeStream:
         what `fail` was given) that ended it early."""
         while True:
             if self._chunks:
-                buffered = self._chunks
-                chunk = buffered.popleft() if len(buffered) == 1 else b"".join(buffered)
-                buffered.clear()
+                chunk = self._take()
                 self._conn.resume()
                 yield chunk
-                continue
-            end = self._end
-            if end is _END:
-                self.complete = True
+            elif self._finished():
                 return
-            if end is not None:
-                raise end
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            else:
+                await self._arrival()
 
     async def pipe(self, write: Callable[[bytes], bool],
                    drained: Callable[[], Awaitable[None]]) -> None:
         """Like `chunks()`, but each piece goes to `write` straight from the connection's
         callback as it arrives, with no task step per piece. `write` returns False once the
         client's buffer is full: the node is then not read until `drained()` returns."""
-        loop = asyncio.get_running_loop()
         ready = True
         while True:
             if not ready:
                 await drained()
                 ready = True
             if self._chunks:
-                buffered = self._chunks
-                chunk = buffered.popleft() if len(buffered) == 1 else b"".join(buffered)
-                buffered.clear()
-                ready = write(chunk)
+                ready = write(self._take())
                 continue
-            end = self._end
-            if end is _END:
-                self.complete = True
+            if self._finished():
                 return
-            if end is not None:
-                raise end
             self._conn.resume()
             self._sink = write
-            self._waiter = loop.create_future()
             try:
-                await self._waiter
+                await self._arrival()
             finally:
-                self._waiter = self._sink = None
+                self._sink = None
             if self._sink_full:
                 self._sink_full = ready = False
+
+    def _take(self) -> bytes:
+        buffered = self._chunks
+        chunk = buffered.popleft() if len(buffered) == 1 else b"".join(buffered)
+        buffered.clear()
+        return chunk
+
+    def _finished(self) -> bool:
+        """True once read to its end; raises what ended it early."""
+        end = self._end
+        if end is _END:
+            self.complete = True
+            return True
+        if end is not None:
+            raise end
+        return False
+
+    async def _arrival(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def fail(self, exc: BaseException) -> None:
         """End the stream early with `exc` (raised by `chunks()` once buffered data is read)."""
