@@ -147,6 +147,18 @@ async def test_pd_nodes_need_bootstrap_fields(
         assert phrase in reply["message"]
 
 
+async def assert_kv_freed(http: aiohttp.ClientSession, prefill: NodeProcess, room: int,
+                          why: str) -> None:
+    """The prefill node holds no KV and no request any more, and its bootstrap port answers
+    410 for `room`, saying `why`."""
+    await wait_for_info(
+        http, prefill, lambda info: info["held_kv_handoffs"] == 0 and info["inflight"] == 0
+    )
+    async with http.get(f"http://127.0.0.1:{prefill.bootstrap_port}/kv/{room}") as reply:
+        assert reply.status == 410
+        assert why in (await reply.json())["message"]
+
+
 async def test_prefill_drops_unclaimed_kv_after_ttl(
     http: aiohttp.ClientSession, start_node: StartNode
 ) -> None:
@@ -155,14 +167,7 @@ async def test_prefill_drops_unclaimed_kv_after_ttl(
     status, _ = await post(http, f"{short_ttl.url}/generate", body)
     assert status == 200
     assert short_ttl.info()["held_kv_handoffs"] == 1
-    await wait_for_info(
-        http, short_ttl, lambda info: info["held_kv_handoffs"] == 0 and info["inflight"] == 0
-    )
-    async with http.get(
-        f"http://127.0.0.1:{short_ttl.bootstrap_port}/kv/{body['bootstrap_room']}"
-    ) as reply:
-        assert reply.status == 410
-        assert "expired" in (await reply.json())["message"]
+    await assert_kv_freed(http, short_ttl, body["bootstrap_room"], "expired")
 
 
 @pytest.mark.parametrize("prefill_first", [True, False])
@@ -184,11 +189,4 @@ async def test_a_decode_node_that_refuses_declines_the_kv_so_prefill_frees_it_at
         decode_status, _ = await to_decode
         prefill_status, _ = await to_prefill
     assert (prefill_status, decode_status) == (200, 503)
-    await wait_for_info(
-        http, long_ttl, lambda info: info["held_kv_handoffs"] == 0 and info["inflight"] == 0
-    )
-    async with http.get(
-        f"http://127.0.0.1:{long_ttl.bootstrap_port}/kv/{body['bootstrap_room']}"
-    ) as reply:
-        assert reply.status == 410
-        assert "declined by its decode node" in (await reply.json())["message"]
+    await assert_kv_freed(http, long_ttl, body["bootstrap_room"], "declined by its decode node")
