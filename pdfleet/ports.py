@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from functools import cache
 from pathlib import Path
 
 LOWEST = 20000  # below this, well-known services live
@@ -23,6 +24,7 @@ _random = random.Random()  # its own: a test that seeds `random` changes nothing
 _lock = threading.Lock()
 
 
+@cache
 def _ephemeral_start() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
