@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pdfleet.vocabulary import SLEEPING_HEADER
+
 
 class NodeError(Exception):
     status = 500
@@ -62,10 +64,9 @@ class NotAdmitted(ServiceUnavailable):
     the node to sleep itself learns it here, and places the request on another node."""
 
     RETRY_AFTER_S = 5
-    SLEEPING_HEADER = "X-Pdfleet-Sleeping"
 
     def __init__(self, message: str, **detail: Any) -> None:
-        headers = {"Retry-After": str(self.RETRY_AFTER_S), self.SLEEPING_HEADER: "1"}
+        headers = {"Retry-After": str(self.RETRY_AFTER_S), SLEEPING_HEADER: "1"}
         super().__init__(message, headers=headers, **detail)
 
 

@@ -18,9 +18,9 @@ from node.admission import Admission, InflightWork
 from node.engine.engine import Engine, GenerationUpdate, Prefilled
 from node.engine.sampler import SamplingParams
 from node.errors import BadRequest, HandoffFailed, NotAdmitted
-from node.options import Role
 from node.pd.puller import BootstrapTarget, KVPuller
 from node.pd.store import HandoffStore
+from pdfleet.vocabulary import Role
 
 
 @dataclass(frozen=True)

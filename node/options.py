@@ -16,14 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from node.engine.tokenizer import VOCAB_SIZE
 from node.faults.rules import parse_rule
+from pdfleet.vocabulary import ADMIN_TOKEN_ENV, Role
 
-Role = Literal["prefill", "decode", "mixed"]
 Device = Literal["cpu", "cuda"]
 MemoryBackendName = Literal["auto", "torch_memory_saver", "cpu", "none"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 DEFAULT_BOOTSTRAP_PORT = 8998
-ADMIN_TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def dtype_bytes(dtype: str) -> int:
 class NodeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Role = "mixed"
+    role: Role = Role.MIXED
     host: str = "127.0.0.1"
     port: int = Field(default=30000, ge=0, le=65535)
     device: Device = "cpu"

@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from pdfleet.vocabulary import Operation
 from router.security import admin_token_from_env
 
 DEFAULT_ROUTER = "http://127.0.0.1:8000"
@@ -25,8 +26,6 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
-OPERATION_NAMES = {"release_memory_occupation": "release",
-                   "resume_memory_occupation": "resume", "flush_cache": "flush"}
 
 RouterOpt = Annotated[
     str, typer.Option("--router", envvar="PDFLEET_ROUTER", help="Router base URL.")
@@ -140,7 +139,16 @@ def _fmt_bytes(value: Any) -> str:
     return "-"
 
 
-def _control(operation: str, tags: str | None, timeout: float | None, router_url: str) -> None:
+def _short_operation(name: str | None) -> str:
+    try:
+        return Operation(name).short
+    except ValueError:
+        return name or "-"
+
+
+def _control(
+    operation: Operation, tags: str | None, timeout: float | None, router_url: str
+) -> None:
     payload: dict[str, Any] = {}
     if tags:
         payload["tags"] = [t.strip() for t in tags.split(",") if t.strip()]
@@ -189,14 +197,14 @@ TimeoutOpt = Annotated[float | None, typer.Option(help="Whole fan-out deadline i
 def sleep(tags: TagsOpt = None, timeout: TimeoutOpt = None,
           router: RouterOpt = DEFAULT_ROUTER) -> None:
     """Release memory on every node of the fleet."""
-    _control("release_memory_occupation", tags, timeout, router)
+    _control(Operation.RELEASE, tags, timeout, router)
 
 
 @app.command()
 def wake(tags: TagsOpt = None, timeout: TimeoutOpt = None,
          router: RouterOpt = DEFAULT_ROUTER) -> None:
     """Resume memory on every node of the fleet."""
-    _control("resume_memory_occupation", tags, timeout, router)
+    _control(Operation.RESUME, tags, timeout, router)
 
 
 @app.command()
@@ -225,7 +233,7 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
             str(n["sleeping"]),
             ",".join(released) if isinstance(released, list) else str(released),
             _fmt_bytes(memory.get("used_bytes")), str(n["inflight"]),
-            OPERATION_NAMES.get(n["last_op"], n["last_op"] or "-"), n["last_error"] or "-",
+            _short_operation(n["last_op"]), n["last_error"] or "-",
         )
     console.print(table)
 

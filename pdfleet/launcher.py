@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from pdfleet.ports import can_bind
-from router.config import FleetConfig, NodeSpec, Role
+from pdfleet.vocabulary import Role
+from router.config import FleetConfig, NodeSpec
 from router.workers import die_with_parent
 
 STOP_GRACE_S = 10.0

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from pdfleet.vocabulary import WORKER_HEADER
 from router import serving
 from router.config import FleetConfig
 from router.dashboard import routes as dashboard
@@ -19,7 +20,7 @@ from router.fanout import ControlPlane, FanoutReport
 from router.metrics import RequestCounting, RouterMetrics
 from router.operations import OperationLog
 from router.pd.proxy import GenerationProxy
-from router.peers import WORKER_HEADER, Peers, WorkerPlace
+from router.peers import Peers, WorkerPlace
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.routes import control, fleet, generate, generation_docs, methods, observability

@@ -21,13 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from router.engines import DEFAULT_ENGINE, ENGINES
-
-
-class Role(StrEnum):
-    PREFILL = "prefill"
-    DECODE = "decode"
-    MIXED = "mixed"
+from pdfleet.vocabulary import DEFAULT_ENGINE, EngineName, Role
 
 
 class Policy(StrEnum):
@@ -57,7 +51,7 @@ class NodeSpec(_Strict):
     role: Role
     bootstrap_port: int | None = Field(None, ge=1, le=65535)
     # The node's HTTP API: sglang (also pdfleet's own nodes) or vllm.
-    engine: str = DEFAULT_ENGINE
+    engine: EngineName = DEFAULT_ENGINE
     # `pdfleet node` options for nodes that `pdfleet up` starts on this machine.
     launch: dict[str, Any] | None = None
 
@@ -68,13 +62,6 @@ class NodeSpec(_Strict):
         if parsed.scheme not in ("http", "https"):
             raise ValueError("node url must be http(s)://host:port")
         return url.rstrip("/")
-
-    @field_validator("engine")
-    @classmethod
-    def _known_engine(cls, engine: str) -> str:
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
-        return engine
 
     @model_validator(mode="after")
     def _launched_nodes_speak_sglang(self) -> NodeSpec:

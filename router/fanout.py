@@ -19,13 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from router.config import Role, RouterSettings
+from pdfleet.vocabulary import Operation, Role
+from router.config import RouterSettings
 from router.engines import ENGINES
 from router.engines.base import ControlCall
 from router.registry import FleetRegistry, Node
 from router.upstream import ConnectionRefused, NodeClient, TransportError
 
-ROLLBACK_OPERATION = "resume_memory_occupation"
+ROLLBACK_OPERATION = Operation.RESUME
 
 
 Outcome = Literal["success", "partial", "failure"]
@@ -120,7 +121,7 @@ class FanoutReport(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ControlRequest:
-    operation: str
+    operation: Operation
     body: bytes
     content_type: str | None
     tags: list[str] | None
@@ -193,7 +194,7 @@ class ControlPlane:
             tags=request.tags,
             started_at=started_at,
         )
-        rollback = request.rollback and request.operation == "release_memory_occupation"
+        rollback = request.rollback and request.operation is Operation.RELEASE
         if rollback and report.failures:
             released = [n for n, r in zip(nodes, results, strict=True) if r.ok]
             body = json.dumps({"tags": request.tags}).encode()

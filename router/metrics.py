@@ -21,8 +21,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pdfleet.vocabulary import MEMORY_TAGS
 from router.fanout import FanoutReport
-from router.registry import MEMORY_TAGS, FleetRegistry, Health
+from router.registry import FleetRegistry, Health
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Generation: a few ms (errors, cached) to minutes (long generations).

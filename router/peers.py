@@ -38,7 +38,6 @@ from router.registry import FleetRegistry, Health, Node, RecordedControl
 
 log = logging.getLogger("pdfleet.router.peers")
 
-WORKER_HEADER = "X-Pdfleet-Worker"
 ACK_TIMEOUT_S = 5.0  # a peer that takes longer is hung; the reply does not wait for it
 START_TIMEOUT_S = 60.0  # every worker's channel must be up before any serves
 MEMBERSHIP_WAIT_S = 2 * ACK_TIMEOUT_S  # a membership change holds its lock at most one round

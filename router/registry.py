@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from router.config import NodeSpec, Role
-from router.engines import DEFAULT_ENGINE
-from router.engines.base import MEMORY_TAGS
+from pdfleet.vocabulary import DEFAULT_ENGINE, MEMORY_TAGS, EngineName, Operation, Role
+from router.config import NodeSpec
 
 
 class Health(StrEnum):
@@ -29,7 +28,7 @@ class Node:
     url: str
     role: Role
     bootstrap_port: int | None = None
-    engine: str = DEFAULT_ENGINE
+    engine: EngineName = DEFAULT_ENGINE
     health: Health = Health.UNKNOWN
     released_tags: frozenset[str] = frozenset()
     sleep_state_known: bool = False
@@ -95,9 +94,9 @@ class RecordedControl:
 
 def tags_after(op: str, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
     """What a node has released after `op` with `tags`, when its reply does not say."""
-    if op == "release_memory_occupation":
+    if op == Operation.RELEASE:
         return frozenset(MEMORY_TAGS) if tags is None else current | set(tags)
-    if op == "resume_memory_occupation":
+    if op == Operation.RESUME:
         return frozenset() if tags is None else current - set(tags)
     return current
 
@@ -151,7 +150,7 @@ class FleetRegistry:
         if reported_tags is not None:
             node.released_tags = frozenset(reported_tags)
             node.sleep_state_known = True
-        elif op != "flush_cache":
+        elif op != Operation.FLUSH:
             node.released_tags = tags_after(op, node.released_tags, tags)
             node.sleep_state_known = True
 

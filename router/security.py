@@ -10,11 +10,11 @@ import os
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
+from pdfleet.vocabulary import ADMIN_TOKEN_ENV
 
 
 def admin_token_from_env() -> str | None:
-    return os.environ.get(TOKEN_ENV) or None
+    return os.environ.get(ADMIN_TOKEN_ENV) or None
 
 
 def is_loopback(host: str) -> bool:
@@ -30,7 +30,7 @@ def check_bind(host: str, token: str | None, insecure_no_auth: bool) -> None:
     """Refuse to serve state-changing routes to the network with nobody authenticated."""
     if token is None and not insecure_no_auth and not is_loopback(host):
         raise SystemExit(
-            f"refusing to bind {host} without an admin token: set {TOKEN_ENV} "
+            f"refusing to bind {host} without an admin token: set {ADMIN_TOKEN_ENV} "
             "or pass --insecure-no-auth"
         )
 
@@ -48,7 +48,7 @@ class AdminGuard:
         if not hmac.compare_digest(given, self._expected):
             raise HTTPException(
                 401,
-                detail=f"admin token required: send Authorization: Bearer <{TOKEN_ENV}>",
+                detail=f"admin token required: send Authorization: Bearer <{ADMIN_TOKEN_ENV}>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 

@@ -33,6 +33,8 @@ from tenacity import (
     wait_fixed,
 )
 
+from pdfleet.vocabulary import SLEEPING_HEADER
+
 RETRY_ATTEMPTS = 3  # in all, the first included
 RETRY_WAITS_S = (0.25, 0.5)  # before the 2nd and the 3rd
 STREAM_BUFFERED_CHUNKS = 64  # stop reading a stream the client does not keep up with
@@ -72,7 +74,7 @@ class NodeTimeout(TransportError):
         return "timeout"
 
 
-SLEEPING_HEADER = b"x-pdfleet-sleeping"  # a node's 503 that says it is asleep (README)
+_SLEEPING = SLEEPING_HEADER.lower().encode()  # httptools gives header names as sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +378,7 @@ class _Connection(asyncio.Protocol):
         name = name.lower()
         if name == b"content-type":
             self._content_type = value
-        elif name == SLEEPING_HEADER:
+        elif name == _SLEEPING:
             self._sleeping = value.strip() == b"1"
 
     def on_headers_complete(self) -> None:

@@ -37,6 +37,7 @@ from node.memory.messages import (
     ResumeRequest,
 )
 from node.memory.tags import ALL_TAGS, RELEASE_ORDER, RESUME_ORDER, MemoryTag, in_order
+from pdfleet.vocabulary import Operation
 
 
 class NodeState(Enum):
@@ -94,7 +95,7 @@ class MemoryController:
     async def release(self, request: ReleaseRequest) -> ReleaseReport:
         started = time.perf_counter()
         self._require_enabled()
-        self._require_idle("release_memory_occupation")
+        self._require_idle(Operation.RELEASE)
         tags = request.tags or list(ALL_TAGS)
         noop = [t for t in tags if not self._backend.holds_memory(t)]
         already = [t for t in tags if t in self._released]
@@ -127,7 +128,7 @@ class MemoryController:
     async def resume(self, request: ResumeRequest) -> ResumeReport:
         started = time.perf_counter()
         self._require_enabled()
-        self._require_idle("resume_memory_occupation")
+        self._require_idle(Operation.RESUME)
         tags = request.tags if request.tags is not None else self.released_tags
         noop = [t for t in tags if not self._backend.holds_memory(t)]
         todo = [t for t in tags if t in self._released]
@@ -159,7 +160,7 @@ class MemoryController:
     async def flush_cache(self) -> FlushReport:
         """Empty the KV pool; SGLang likewise refuses while requests are in flight."""
         started = time.perf_counter()
-        self._require_idle("flush_cache")
+        self._require_idle(Operation.FLUSH)
         if MemoryTag.KV_CACHE in self._released:
             message = "nothing to flush: kv_cache is released"
         elif self._admission.inflight:
@@ -239,7 +240,7 @@ class MemoryController:
                 "memory cannot be released or resumed"
             )
 
-    def _require_idle(self, operation: str) -> None:
+    def _require_idle(self, operation: Operation) -> None:
         if self._state in BUSY_STATES:
             raise OperationConflict(
                 f"{operation} refused: another memory operation is running ({self._state.value})",

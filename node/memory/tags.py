@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
-
-class MemoryTag(Enum):
-    WEIGHTS = "weights"
-    KV_CACHE = "kv_cache"
-    CUDA_GRAPH = "cuda_graph"
-    WEIGHTS_DRAFTER = "weights_drafter"
-
+from pdfleet.vocabulary import MemoryTag
 
 ALL_TAGS: tuple[MemoryTag, ...] = tuple(MemoryTag)
 

@@ -20,11 +20,10 @@ from node.faults.rules import parse_rule
 from pdfleet.chaos.scenario import ControlCall, FleetSpec, UnreachableNode
 from pdfleet.launcher import Child, LaunchError, LocalFleet, ports_in_use
 from pdfleet.ports import free_port
-from router.config import FleetConfig, NodeSpec, Role, RouterSettings
+from pdfleet.vocabulary import Operation, Role
+from router.config import FleetConfig, NodeSpec, RouterSettings
 from router.security import admin_token_from_env
 
-CONTROL_PATHS = {"release": "release_memory_occupation", "resume": "resume_memory_occupation",
-                 "flush": "flush_cache"}
 ADMIN_CALL_S = 10.0
 RESTART_READY_S = 120.0
 POLL_S = 0.1
@@ -182,7 +181,8 @@ class Fleet:
     async def control(self, operation: str, call: ControlCall,
                       control_timeout_s: float) -> ControlReply:
         query = "&".join(f"{k}={v}" for k, v in call.query.items())
-        url = f"{self.router_url}/{CONTROL_PATHS[operation]}" + (f"?{query}" if query else "")
+        route = Operation.from_short(operation).value
+        url = f"{self.router_url}/{route}" + (f"?{query}" if query else "")
         payload: dict[str, Any] = {"tags": call.tags} if call.tags else {}
         if call.drain is not None:
             payload["drain"] = call.drain

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from node.faults.rules import FaultRuleError, parse_rule
-from router.config import Role, describe_validation_error, read_yaml
+from pdfleet.vocabulary import Role
+from router.config import describe_validation_error, read_yaml
 
 ErrorKind = Literal["refused", "reset", "timeout", "other"]
 OPERATIONS = ("release", "resume", "flush", "traffic")

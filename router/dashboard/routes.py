@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from router.registry import MEMORY_TAGS
+from pdfleet.vocabulary import MEMORY_TAGS
 from router.routes.schemas import errors
 
 router = APIRouter()

@@ -14,13 +14,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pdfleet.vocabulary import EngineName, Operation
 from router.upstream import NodeClient, NodeReply, TransportError, call_node
 
-# SGLang's memory-saver tags; a release with tags null releases all of them.
-MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph", "weights_drafter")
-RELEASE = "release_memory_occupation"
-RESUME = "resume_memory_occupation"
-FLUSH = "flush_cache"
 RESULT_MAX_BYTES = 64 << 10
 PROBE_MAX_BYTES = 256 << 10
 
@@ -29,7 +25,7 @@ PROBE_MAX_BYTES = 256 << 10
 class ControlCall:
     """One control operation for one node, in the router's (SGLang's) terms."""
 
-    operation: str  # RELEASE, RESUME or FLUSH
+    operation: Operation
     body: bytes  # the SGLang-shaped body, sent verbatim where the engine speaks SGLang
     headers: dict[str, str]  # X-Request-Id, and the caller's Content-Type / Authorization
     tags: list[str] | None  # None: every tag
@@ -100,7 +96,7 @@ def json_object(reply: NodeReply | BaseException) -> dict[str, Any] | None:
 class Engine(ABC):
     """One engine's HTTP API."""
 
-    name: ClassVar[str]
+    name: ClassVar[EngineName]
 
     def __init__(self, session: NodeClient, error_detail_bytes: int) -> None:
         self._session = session

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pdfleet.vocabulary import MEMORY_TAGS, EngineName
 from router.engines.base import (
-    MEMORY_TAGS,
     ControlCall,
     ControlOutcome,
     Engine,
@@ -41,7 +41,7 @@ def reported_memory(result: Any) -> dict[str, Any] | None:
 
 
 class SGLang(Engine):
-    name = "sglang"
+    name = EngineName.SGLANG
 
     async def control(self, url: str, call: ControlCall) -> ControlOutcome:
         body, headers = call.body, call.headers

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from pdfleet.vocabulary import MEMORY_TAGS, EngineName, Operation
 from router.engines.base import (
-    FLUSH,
-    MEMORY_TAGS,
-    RELEASE,
     ControlCall,
     ControlOutcome,
     Engine,
@@ -41,15 +39,15 @@ def _unknown(tags: list[str]) -> str | None:
 
 
 class VLLM(Engine):
-    name = "vllm"
+    name = EngineName.VLLM
 
     async def control(self, url: str, call: ControlCall) -> ControlOutcome:
-        if call.operation == FLUSH:
+        if call.operation is Operation.FLUSH:
             return await self._post(f"{url}/reset_prefix_cache", call, None)
         asleep = call.released_tags & set(VLLM_TAGS)
         if call.tags is not None and (reason := _unknown(call.tags)):
             return no_call(call, reason)
-        if call.operation == RELEASE:
+        if call.operation is Operation.RELEASE:
             return await self._sleep(url, call, asleep)
         return await self._wake_up(url, call, asleep)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.config import Policy, Role
+from pdfleet.vocabulary import Role
+from router.config import Policy
 from router.policies import make_policy
 from router.registry import FleetRegistry, Health, Node
 

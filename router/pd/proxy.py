@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from router.config import Role, RouterSettings
+from pdfleet.vocabulary import Role
+from router.config import RouterSettings
 from router.pd.bootstrap import add_bootstrap
 from router.pd.errors import (
     GenerationError,

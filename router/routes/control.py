@@ -14,8 +14,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import QueryParams
 
-from router.config import Role
-from router.engines.base import FLUSH, RELEASE, RESUME
+from pdfleet.vocabulary import Operation, Role
 from router.fanout import ControlRequest, OperationInProgress
 from router.routes import schemas
 from router.state import State
@@ -23,11 +22,11 @@ from router.state import State
 router = APIRouter()
 
 ALIASES = {
-    "release_memory_occupation": RELEASE,
-    "sleep": RELEASE,
-    "resume_memory_occupation": RESUME,
-    "wake_up": RESUME,
-    "flush_cache": FLUSH,
+    "release_memory_occupation": Operation.RELEASE,
+    "sleep": Operation.RELEASE,
+    "resume_memory_occupation": Operation.RESUME,
+    "wake_up": Operation.RESUME,
+    "flush_cache": Operation.FLUSH,
 }
 LEVELS = ("1", "2")
 MODES = ("abort", "wait")
@@ -103,7 +102,7 @@ def _parse_rollback(raw: str | None, operation: str) -> bool:
         return False
     if raw != "rollback":
         raise _bad(f"on_failure must be 'rollback', got {raw!r}")
-    if operation != RELEASE:
+    if operation != Operation.RELEASE:
         raise _bad("on_failure=rollback applies to release only")
     return True
 
@@ -139,9 +138,9 @@ async def control(request: Request, state: State) -> JSONResponse:
     query = request.query_params
     fields: dict[str, Any] = {}
     level = 1
-    if operation in (RELEASE, RESUME):
+    if operation in (Operation.RELEASE, Operation.RESUME):
         fields.update(_merge_tags(payload, query))
-    if operation == RELEASE:
+    if operation == Operation.RELEASE:
         level = int(_choice(query, "level", LEVELS) or 1)
         fields.update(_merge_mode(payload, query))
     # The body goes to SGLang-speaking nodes verbatim unless the query added to it.
@@ -157,7 +156,7 @@ async def control(request: Request, state: State) -> JSONResponse:
         rollback=_parse_rollback(query.get("on_failure"), operation),
         authorization=request.headers.get("authorization"),
         level=level,
-        mode=merged.get("drain") if operation == RELEASE else None,
+        mode=merged.get("drain") if operation == Operation.RELEASE else None,
     )
     try:
         report = await state.peers.run_control(state.control, control_request)

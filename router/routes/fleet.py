@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from router.config import NodeSpec, Role, describe_validation_error
-from router.engines import DEFAULT_ENGINE, ENGINES
+from pdfleet.vocabulary import DEFAULT_ENGINE, EngineName, Role
+from router.config import NodeSpec, describe_validation_error
 from router.peers import MembershipBusy
 from router.routes.schemas import errors, json_body
 from router.state import State
@@ -32,7 +31,7 @@ class WorkerIn(BaseModel):
     url: str = Field(pattern=WORKER_URL)
     role: Role
     bootstrap_port: int | None = Field(None, ge=1, le=65535)
-    engine: Literal[tuple(ENGINES)] = DEFAULT_ENGINE  # type: ignore[valid-type]
+    engine: EngineName = DEFAULT_ENGINE
 
     @field_validator("bootstrap_port", mode="before")
     @classmethod

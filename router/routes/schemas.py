@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from router.engines.base import FLUSH, RELEASE, RESUME
+from pdfleet.vocabulary import Operation
 
 ERROR_MEANINGS = {
     400: "The request is malformed (body, tags or query); no node was called.",
@@ -159,7 +159,9 @@ def json_body(model: type[BaseModel], required: bool) -> dict[str, Any]:
 
 def control_route(operation: str) -> dict[str, Any]:
     """The OpenAPI fields of a control route for `operation`."""
-    query = COMMON_QUERY + {RELEASE: RELEASE_QUERY, RESUME: [TAGS_QUERY], FLUSH: []}[operation]
+    by_operation = {Operation.RELEASE: RELEASE_QUERY, Operation.RESUME: [TAGS_QUERY],
+                    Operation.FLUSH: []}
+    query = COMMON_QUERY + by_operation[operation]
     return {
         "responses": {
             200: {"model": ControlReport, "description": "Every node succeeded."},

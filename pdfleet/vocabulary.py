@@ -1,0 +1,71 @@
+"""The wire vocabulary: every name the router, the nodes, the CLI and the chaos harness agree
+on over HTTP. A leaf: it imports nothing of ours, so anything may import it.
+
+Adding a control operation starts here (`Operation`); the modules that do something new with
+it follow, and nothing else has to change.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Operation(StrEnum):
+    """A control operation, by the route (SGLang's name) that carries it to a node."""
+
+    RELEASE = "release_memory_occupation"
+    RESUME = "resume_memory_occupation"
+    FLUSH = "flush_cache"
+
+    @property
+    def short(self) -> str:
+        """The name a person types and reads: `release`, `resume`, `flush`."""
+        return _SHORT[self]
+
+    @classmethod
+    def from_short(cls, name: str) -> Operation:
+        for operation, short in _SHORT.items():
+            if short == name:
+                return operation
+        raise ValueError(f"unknown operation {name!r}: one of {', '.join(_SHORT.values())}")
+
+
+_SHORT = {Operation.RELEASE: "release", Operation.RESUME: "resume", Operation.FLUSH: "flush"}
+
+
+class MemoryTag(StrEnum):
+    """SGLang's memory-saver tags. A release with tags null releases all of them."""
+
+    WEIGHTS = "weights"
+    KV_CACHE = "kv_cache"
+    CUDA_GRAPH = "cuda_graph"
+    WEIGHTS_DRAFTER = "weights_drafter"
+
+
+MEMORY_TAGS: tuple[str, ...] = tuple(tag.value for tag in MemoryTag)
+
+
+class Role(StrEnum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+    MIXED = "mixed"
+
+
+class EngineName(StrEnum):
+    """The HTTP API a node speaks. pdfleet's own nodes speak SGLang's."""
+
+    SGLANG = "sglang"
+    VLLM = "vllm"
+
+
+DEFAULT_ENGINE = EngineName.SGLANG
+
+# Headers we define. A node's 503 carrying SLEEPING_HEADER says the node released memory,
+# so a router that did not put it to sleep can tell it from any other 503.
+SLEEPING_HEADER = "X-Pdfleet-Sleeping"
+# Which of `pdfleet router --workers N`'s processes answered.
+WORKER_HEADER = "X-Pdfleet-Worker"
+# One id per control operation, the same on every node it reaches.
+REQUEST_ID_HEADER = "X-Request-Id"
+# Where the admin token comes from, for router, node and CLI alike.
+ADMIN_TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
