@@ -63,6 +63,14 @@ class NodeSpec(_Strict):
             raise ValueError("node url must be http(s)://host:port")
         return url.rstrip("/")
 
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _known_engine(cls, engine: object) -> object:
+        names = [e.value for e in EngineName]
+        if engine not in names:
+            raise ValueError(f"engine must be one of {', '.join(names)}; got {engine!r}")
+        return engine
+
     @model_validator(mode="after")
     def _launched_nodes_speak_sglang(self) -> NodeSpec:
         if self.launch is not None and self.engine != DEFAULT_ENGINE:
