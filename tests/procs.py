@@ -22,6 +22,7 @@ import yaml
 from pdfleet.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+STUB_NODES = Path(__file__).resolve().parent / "stubs" / "stub_nodes.py"
 
 
 def closed_port() -> int:
@@ -102,7 +103,7 @@ class StubNodes:
 
     def __init__(self, behaviors: list[dict[str, Any]], timeout: float = 30) -> None:
         self.process = Process(
-            [sys.executable, "scripts/stub_nodes.py", "--spec", json.dumps(behaviors)],
+            [sys.executable, str(STUB_NODES), "--spec", json.dumps(behaviors)],
             stdout=subprocess.PIPE,
         )
         out = self.process.proc.stdout
