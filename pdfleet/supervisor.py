@@ -128,13 +128,13 @@ class Supervisor:
                     return child
         return None
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM every child's process group, the last started first; SIGKILL what is left
-        after `STOP_GRACE_S`."""
+        after `grace_s`."""
         children = list(reversed(self.children))
         for child in children:
             child.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + grace_s
         for child in children:
             child.wait(max(0.0, deadline - time.monotonic()))
         for child in children:
