@@ -27,9 +27,10 @@ from pdfleet.ports import bind_error
 from tests.procs import ROOT, Process, free_port, wait_http_ok
 
 STARTUP_S = 150
-# What a checkout holds besides the source a wheel is built from; `build/` would hand
-# setuptools stale copies of removed files.
-NOT_SOURCE = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".ci", "out")
+# What a checkout holds besides the source a wheel is built from (.gitignore's entries and
+# .git); `build/` would hand setuptools stale copies of removed files.
+NOT_SOURCE = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".ci", "out",
+              ".whl", ".schemathesis", ".hypothesis")
 
 
 @dataclass
@@ -41,8 +42,9 @@ class Installed:
         return [str(self.bin / "pdfleet"), *args]
 
 
-def run(*args: str | Path) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+def run(*args: str | Path, cwd: Path | None = None) -> str:
+    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, f"{args}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     return done.stdout
 
@@ -83,7 +85,9 @@ def test_the_installed_wheel_is_what_runs(installed):
     code = ("import node, pdfleet, router, pdfleet.configs as c; "
             "print(node.__file__, pdfleet.__file__, router.__file__, c.LOCAL_FLEET, "
             "c.CHAOS_SCENARIOS)")
-    paths = run(installed.bin / "python", "-c", code).split()
+    # `python -c` puts its working directory first on sys.path: from the repository it would
+    # import the checkout, so this runs where a user would.
+    paths = run(installed.bin / "python", "-c", code, cwd=installed.elsewhere).split()
     venv = installed.bin.parent
     assert all(Path(path).is_relative_to(venv) for path in paths), paths
     assert all(Path(path).is_file() for path in paths), paths
