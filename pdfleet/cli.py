@@ -14,11 +14,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from pdfleet.configs import CHAOS_SCENARIOS, LOCAL_FLEET
 from pdfleet.vocabulary import Operation
 from router.security import admin_token_from_env
 
 DEFAULT_ROUTER = "http://127.0.0.1:8000"
-DEFAULT_CONFIG = Path(__file__).with_name("local.yaml")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Logs and pipes get wide tables; a terminal gets its own width.
@@ -44,7 +44,7 @@ def _load_config(path: Path) -> Any:
 
 @app.command()
 def router(
-    config: Annotated[Path, typer.Option(help="Fleet config YAML.")] = DEFAULT_CONFIG,
+    config: Annotated[Path, typer.Option(help="Fleet config YAML.")] = LOCAL_FLEET,
     host: Annotated[str | None, typer.Option(help="Override router.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override router.port.")] = None,
     insecure_no_auth: Annotated[
@@ -74,7 +74,7 @@ def router(
 def up(
     config: Annotated[
         Path, typer.Option(help="Fleet config YAML (default: the embedded local fleet).")
-    ] = DEFAULT_CONFIG,
+    ] = LOCAL_FLEET,
     ready_timeout: Annotated[
         float, typer.Option(help="Seconds each process may take to answer /health.")
     ] = 180,
@@ -264,12 +264,9 @@ def faultproxy(
                         admin_token=admin_token_from_env()), faults)
 
 
-DEFAULT_SCENARIOS = Path(__file__).resolve().parent.parent / "configs" / "chaos.yaml"
-
-
 @app.command()
 def chaos(
-    scenarios: Annotated[Path, typer.Option(help="Scenario file (YAML).")] = DEFAULT_SCENARIOS,
+    scenarios: Annotated[Path, typer.Option(help="Scenario file (YAML).")] = CHAOS_SCENARIOS,
     junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here.")] = None,
     json_report: Annotated[Path | None, typer.Option(
         "--json", help="Write the JSON report here.")] = None,

@@ -1,65 +1,44 @@
 """The local fleet behind `pdfleet up`: every node with a `launch:` mapping and the router,
-each a child process in its own process group, started, watched and stopped together.
+children of one supervisor (pdfleet/supervisor.py), started, watched and stopped together.
 
 Nodes start first and the router once they answer `/health`, so the router's first status
 poll finds them up. Each child's output goes to its own log file; when a child fails, the
-tail of its log is shown. Stopping sends SIGTERM to every child's whole process group, then
-SIGKILL to what is left after a bound, so no process the fleet started outlives it.
+tail of its log is shown.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from pdfleet.ports import can_bind
+from pdfleet.ports import bind_error
+from pdfleet.supervisor import ChildProcess, Supervisor
 from pdfleet.vocabulary import Role
 from router.config import FleetConfig, NodeSpec
-from router.workers import die_with_parent
 
-STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.2
-LOG_TAIL_LINES = 20
 
 
 class LaunchError(Exception):
     """The fleet could not be started; the message names the process and why."""
 
 
-@dataclass
-class Child:
-    name: str
-    args: list[str]
-    health_url: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+class Child(ChildProcess):
+    """A fleet process, ready once `health_url` answers 200."""
 
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopped as a whole
-                preexec_fn=die_with_parent,  # a killed launcher leaves no fleet behind
-            )
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+    def __init__(self, name: str, args: list[str], health_url: str, log_path: Path) -> None:
+        super().__init__(name, args, log_path)
+        self.health_url = health_url
 
     def answers_health(self) -> bool:
         try:
@@ -67,21 +46,6 @@ class Child:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-    def log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-LOG_TAIL_LINES:])
-
-    def signal_group(self, signum: int) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def _option(key: str, value: Any) -> list[str]:
@@ -131,13 +95,14 @@ def ports_in_use(config: FleetConfig) -> list[str]:
         if port in seen:
             problems.append(f"port {port} is wanted by both {seen[port]} and {owner}")
         seen[port] = owner
-        if not can_bind(host, port):
+        if bind_error(host, port) is not None:
             problems.append(f"port {port} ({owner}) is already in use on {host}")
     return problems
 
 
 class LocalFleet:
     def __init__(self, config: FleetConfig, config_path: Path, console: Console) -> None:
+        self.supervisor = Supervisor()
         self.router_url = f"http://{config.router.host}:{config.router.port}"
         self.log_dir = Path(tempfile.mkdtemp(prefix="pdfleet-up-"))
         self._console = console
@@ -151,14 +116,6 @@ class LocalFleet:
             [sys.executable, "-m", "pdfleet", "router", "--config", str(config_path)],
             f"{self.router_url}/health", self.log_dir / "router.log",
         )
-        self._stop = threading.Event()
-
-    @property
-    def children(self) -> list[Child]:
-        return [*self.nodes, self.router]
-
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        self._stop.set()
 
     def start(self, ready_timeout_s: float) -> bool:
         """Start the nodes, then the router, each ready (answering /health) within
@@ -171,10 +128,9 @@ class LocalFleet:
         return True
 
     def _start_group(self, group: list[Child], progress: Progress, timeout_s: float) -> bool:
-        pending: dict[TaskID, Child] = {}
-        for child in group:
-            child.start()
-            pending[progress.add_task(f"{child.name}: starting", total=1)] = child
+        self.supervisor.start(group)
+        pending = {progress.add_task(f"{child.name}: starting", total=1): child
+                   for child in group}
         deadline = time.monotonic() + timeout_s
         while pending:
             for task, child in list(pending.items()):
@@ -189,35 +145,13 @@ class LocalFleet:
             if time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending.values())
                 raise LaunchError(f"not ready within {timeout_s:.0f} s: {names}")
-            if self._stop.wait(POLL_INTERVAL_S):
+            if self.supervisor.stop_requested(POLL_INTERVAL_S):
                 return False
         return True
 
-    def watch(self) -> Child | None:
-        """Wait until a stop is requested (None) or a child exits (that child)."""
-        while not self._stop.wait(POLL_INTERVAL_S):
-            for child in self.children:
-                if child.exit_code() is not None:
-                    return child
-        return None
-
     def stop(self) -> None:
-        """SIGTERM every child's process group, router first; SIGKILL what remains after
-        `STOP_GRACE_S`."""
-        started = [c for c in reversed(self.children) if c.proc is not None]
-        for child in started:
-            child.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for child in started:
-            assert child.proc is not None
-            try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for child in started:
-            child.signal_group(signal.SIGKILL)  # stragglers, grandchildren included
-            assert child.proc is not None
-            child.proc.wait()
+        """Every process started, the router first."""
+        self.supervisor.stop()
 
 
 def run(config: FleetConfig, config_path: Path, ready_timeout_s: float,
@@ -231,22 +165,20 @@ def run(config: FleetConfig, config_path: Path, ready_timeout_s: float,
     except LaunchError as exc:
         err(f"cannot start the fleet: {exc}")
         return 1
-    previous = {s: signal.signal(s, fleet.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        if not fleet.start(ready_timeout_s):
+    with fleet.supervisor.stop_on_signals():
+        try:
+            if not fleet.start(ready_timeout_s):
+                return 0
+            console.print(f"pdfleet is up: router at [bold]{fleet.router_url}[/bold] "
+                          f"(logs in {fleet.log_dir}); Ctrl-C stops it")
+            died = fleet.supervisor.watch()
+            if died is not None:
+                err(f"{died.name} exited with code {died.exit_code()}\n{died.log_tail()}")
+                return 1
+            console.print("stopping the fleet")
             return 0
-        console.print(f"pdfleet is up: router at [bold]{fleet.router_url}[/bold] "
-                      f"(logs in {fleet.log_dir}); Ctrl-C stops it")
-        died = fleet.watch()
-        if died is not None:
-            err(f"{died.name} exited with code {died.exit_code()}\n{died.log_tail()}")
+        except LaunchError as exc:
+            err(f"cannot start the fleet: {exc}\n(logs in {fleet.log_dir})")
             return 1
-        console.print("stopping the fleet")
-        return 0
-    except LaunchError as exc:
-        err(f"cannot start the fleet: {exc}\n(logs in {fleet.log_dir})")
-        return 1
-    finally:
-        fleet.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        finally:
+            fleet.stop()

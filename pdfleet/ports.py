@@ -1,4 +1,5 @@
-"""Free TCP ports for fleets started on the fly (`pdfleet chaos`, the tests).
+"""TCP ports: whether one is free to listen on (every check before a server starts), and
+free ones for fleets started on the fly (`pdfleet chaos`, the tests).
 
 A port from `bind(0)` comes from the kernel's ephemeral range, which outgoing connections use
 too: between picking it and a server binding it, a connection's source port can take it.
@@ -32,16 +33,21 @@ def _ephemeral_start() -> int:
         return 32768  # Linux's default
 
 
-def can_bind(host: str, port: int) -> bool:
-    """Whether a server could listen on `host:port` now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+def address_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on `host:port` now, or None if it could. Bound as the
+    servers bind (SO_REUSEADDR) but without SO_REUSEPORT, so a port that another process's
+    router workers share counts as taken, not as one to join."""
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
 
 
 def _any_port(host: str) -> int:
@@ -56,7 +62,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     with _lock:
         for _ in range(TRIES):
             port = _random.randint(LOWEST, highest) if highest > LOWEST else _any_port(host)
-            if port not in _given and can_bind(host, port):
+            if port not in _given and bind_error(host, port) is None:
                 _given.add(port)
                 return port
     raise OSError(f"no free port found on {host} in {TRIES} tries")

@@ -6,7 +6,7 @@ read it, and a fresh `PROMETHEUS_MULTIPROC_DIR` for metrics across processes), s
 workers and watches them. SIGINT or SIGTERM stops them all; so does the death of any one of
 them (a fleet view that one worker lacks would be wrong, and restarting it alone could not
 recover the nodes added since start); the workers die with the supervisor even if it is
-killed outright. The run directory is removed on exit.
+killed outright (pdfleet/supervisor.py). The run directory is removed on exit.
 
 Each worker (`python -m router.workers RUN_DIR INDEX COUNT`) binds its own socket to the port
 with SO_REUSEPORT, so the kernel spreads connections across them, and is a full router:
@@ -16,111 +16,51 @@ registry, poller, control, proxy. router/peers.py keeps their fleets the same.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
+from pdfleet.ports import address_family, bind_error
+from pdfleet.supervisor import ChildProcess, Supervisor
 from router.app import serve
 from router.config import FleetConfig, load_config
 from router.peers import WorkerPlace
 from router.security import admin_token_from_env, check_bind
 
-STOP_GRACE_S = 10.0
-WATCH_INTERVAL_S = 0.2
 CONFIG_FILE = "config.json"
 METRICS_DIR = "metrics"
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Runs in a child before exec: on Linux the kernel sends it SIGTERM when its parent
-    dies, even by SIGKILL, so no child outlives the process that started it."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def port_taken(host: str, port: int) -> OSError | None:
-    """Why `host:port` cannot be ours, or None. Bound without SO_REUSEPORT, so a port that
-    another process's workers share is taken too, not silently joined."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc
-    return None
 
 
 def shared_port_socket(host: str, port: int) -> socket.socket:
     """This worker's share of the port: bound, not listening. The server listens once the
     worker is ready, and only then does the kernel hand it connections."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock = socket.socket(address_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
 
 
-class Supervisor:
-    def __init__(self, config: FleetConfig, count: int, insecure_no_auth: bool) -> None:
-        self.run_dir = Path(tempfile.mkdtemp(prefix="pdfleet-router-"))  # mode 0700
-        metrics = self.run_dir / METRICS_DIR
-        metrics.mkdir()
-        (self.run_dir / CONFIG_FILE).write_text(config.model_dump_json())
-        self._env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
-        self._args = [[sys.executable, "-m", "router.workers", str(self.run_dir), str(i),
-                       str(count), *(["--insecure-no-auth"] if insecure_no_auth else [])]
-                      for i in range(count)]
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self._stop = threading.Event()
+def make_run_dir(config: FleetConfig) -> Path:
+    """The workers' private directory (mode 0700): the fleet config as they read it and a
+    fresh directory for multiprocess metrics."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pdfleet-router-"))
+    (run_dir / METRICS_DIR).mkdir()
+    (run_dir / CONFIG_FILE).write_text(config.model_dump_json())
+    return run_dir
 
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        self._stop.set()
 
-    def start(self) -> None:
-        for args in self._args:
-            self.workers.append(subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, env=self._env,
-                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them
-                preexec_fn=die_with_parent,
-            ))
-
-    def watch(self) -> int | None:
-        """Wait until a stop is requested (None) or a worker exits (its index)."""
-        while not self._stop.wait(WATCH_INTERVAL_S):
-            for index, worker in enumerate(self.workers):
-                if worker.poll() is not None:
-                    return index
-        return None
-
-    def stop(self) -> None:
-        """SIGTERM every worker, SIGKILL what is left after `STOP_GRACE_S`, remove the run
-        directory."""
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for worker in self.workers:
-            try:
-                worker.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+def worker_processes(run_dir: Path, count: int, insecure_no_auth: bool) -> list[ChildProcess]:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(run_dir / METRICS_DIR)}
+    flags = ["--insecure-no-auth"] if insecure_no_auth else []
+    return [ChildProcess(f"worker {index}", [sys.executable, "-m", "router.workers",
+                                             str(run_dir), str(index), str(count), *flags],
+                         env=env)
+            for index in range(count)]
 
 
 def run_workers(config: FleetConfig, admin_token: str | None, insecure_no_auth: bool,
@@ -128,26 +68,24 @@ def run_workers(config: FleetConfig, admin_token: str | None, insecure_no_auth: 
     """Serve with `count` workers until SIGINT/SIGTERM (0) or until a worker dies (1)."""
     settings = config.router
     check_bind(settings.host, admin_token, insecure_no_auth)
-    taken = port_taken(settings.host, settings.port)
+    taken = bind_error(settings.host, settings.port)
     if taken is not None:
         say(f"cannot serve on {settings.host}:{settings.port}: {taken.strerror}")
         return 1
-    supervisor = Supervisor(config, count, insecure_no_auth)
-    previous = {s: signal.signal(s, supervisor.request_stop)
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        supervisor.start()
-        say(f"router: {count} workers on http://{settings.host}:{settings.port}")
-        died = supervisor.watch()
-        if died is not None:
-            code = supervisor.workers[died].returncode
-            say(f"worker {died} exited with code {code}; stopping the others")
-            return 1
-        return 0
-    finally:
-        supervisor.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    run_dir = make_run_dir(config)
+    supervisor = Supervisor()
+    with supervisor.stop_on_signals():
+        try:
+            supervisor.start(worker_processes(run_dir, count, insecure_no_auth))
+            say(f"router: {count} workers on http://{settings.host}:{settings.port}")
+            died = supervisor.watch()
+            if died is not None:
+                say(f"{died.name} exited with code {died.exit_code()}; stopping the others")
+                return 1
+            return 0
+        finally:
+            supervisor.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""Generate-proxy benchmark (SPEC 8): requests/s, p50/p99 latency and router CPU per request
-for OpenAI's `/v1/completions` and SGLang's `/generate` straight to a stub decode node,
-through pdfleet, and through sglang-router and vllm-router in PD mode, on the same stub
+"""Generate-proxy benchmark (docs/benchmarks.md): requests/s, p50/p99 latency and router CPU
+per request for OpenAI's `/v1/completions` and SGLang's `/generate` straight to a stub decode
+node, through pdfleet, and through sglang-router and vllm-router in PD mode, on the same stub
 nodes, in one run.
 
     python scripts/bench_proxy.py [--duration 5] [--concurrency 32 128]

@@ -22,6 +22,7 @@ import yaml
 from pdfleet.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+STUB_NODES = Path(__file__).resolve().parent / "stubs" / "stub_nodes.py"
 
 
 def closed_port() -> int:
@@ -34,11 +35,11 @@ class Process:
     unless `stdout` says where it goes."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 stdout: int | None = None) -> None:
+                 stdout: int | None = None, cwd: Path = ROOT) -> None:
         self.args = args
         self.log = tempfile.TemporaryFile() if stdout is None else None
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env={**os.environ, **(env or {})},
+            args, cwd=cwd, env={**os.environ, **(env or {})},
             stdout=self.log if self.log is not None else stdout,
             stderr=subprocess.STDOUT if self.log is not None else None,
             start_new_session=True,
@@ -46,6 +47,21 @@ class Process:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        """The first line it prints (its stdout a pipe) that starts with `prefix`."""
+        out = self.proc.stdout
+        assert out is not None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([out], [], [], left)
+            line = out.readline().decode(errors="replace") if ready else ""
+            if line.startswith(prefix):
+                return line
+            if ready and not line:
+                raise RuntimeError(f"{self.args} exited with {self.proc.wait()} before "
+                                   f"printing a line starting {prefix!r}")
+        raise TimeoutError(f"{self.args} printed no line starting {prefix!r} in {timeout} s")
 
     def output(self) -> str:
         if self.log is None:
@@ -102,16 +118,14 @@ class StubNodes:
 
     def __init__(self, behaviors: list[dict[str, Any]], timeout: float = 30) -> None:
         self.process = Process(
-            [sys.executable, "scripts/stub_nodes.py", "--spec", json.dumps(behaviors)],
+            [sys.executable, str(STUB_NODES), "--spec", json.dumps(behaviors)],
             stdout=subprocess.PIPE,
         )
-        out = self.process.proc.stdout
-        assert out is not None
-        ready, _, _ = select.select([out], [], [], timeout)
-        line = out.readline().decode() if ready else ""
-        if not line.startswith("READY "):
+        try:
+            line = self.process.wait_for_line("READY ", timeout)
+        except (RuntimeError, TimeoutError):
             self.process.stop()
-            raise RuntimeError(f"stub nodes did not start: {line!r}")
+            raise
         self.ports: list[int] = json.loads(line[6:])["ports"]
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
 

@@ -1,4 +1,4 @@
-"""SPEC 7: `pdfleet chaos` — the shipped scenarios pass on a fresh local fleet, and a wrong
+"""`pdfleet chaos`: the shipped scenarios pass on a fresh local fleet, and a wrong
 expectation turns the run red with a readable message in both reports."""
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import pytest
 import yaml
 from junitparser import Error, Failure, JUnitXml
 
+from pdfleet.configs import CHAOS_SCENARIOS
 from tests.node.conftest import NodeProcess, launch_node
 from tests.procs import ROOT, Process, Router, closed_port, free_port, wait_http_ok
-
-SHIPPED = ROOT / "configs" / "chaos.yaml"
 
 
 def chaos(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -47,7 +46,7 @@ def test_shipped_scenarios_pass_on_a_local_fleet_and_junit_parses(tmp_path):
     junit, report = tmp_path / "chaos.xml", tmp_path / "chaos.json"
     done = chaos("--junit", str(junit), "--json", str(report), timeout=280)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    expected = [s["name"] for s in yaml.safe_load(SHIPPED.read_text())["scenarios"]]
+    expected = [s["name"] for s in yaml.safe_load(CHAOS_SCENARIOS.read_text())["scenarios"]]
     found = cases(junit)
     assert [case.name for case in found] == expected
     assert all(case.is_passed for case in found)

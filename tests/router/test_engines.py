@@ -1,7 +1,7 @@
 """SPEC 9: one router for pdfleet, SGLang and vLLM nodes, through SGLang's and vLLM's routes.
 
 The fleet is a real pdfleet node plus stub nodes that answer exactly as SGLang and vLLM
-servers do (scripts/stub_engines.py); each stub records the calls it got.
+servers do (tests/stubs/stub_engines.py); each stub records the calls it got.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 whose behaviour is set per route — delays, hangs, error bodies of any kind and size,
 connections reset mid-reply — and can be changed at run time.
 
-    python scripts/stub_nodes.py --nodes 64 --delay 0.1
-    python scripts/stub_nodes.py --spec '[{"status": 500, "body": "text"}, {}]'
-    python scripts/stub_nodes.py --nodes 2 --engine vllm
+    python tests/stubs/stub_nodes.py --nodes 64 --delay 0.1
+    python tests/stubs/stub_nodes.py --spec '[{"status": 500, "body": "text"}, {}]'
+    python tests/stubs/stub_nodes.py --nodes 2 --engine vllm
 
 Prints one line `READY {"ports": [...]}` once every port listens. A behaviour with
 `"engine": "sglang" | "vllm"` answers the control and status routes exactly as that engine's
-server does (scripts/stub_engines.py; `"fail": "message"` makes them fail as that engine
+server does (tests/stubs/stub_engines.py; `"fail": "message"` makes them fail as that engine
 fails), and the generation routes as below. Without it, each port answers:
 - any POST route not listed below: by its behaviour (default: 200 JSON echo);
 - `GET /is_sleeping`, `GET /get_server_info`: the stub's own sleep state (404 if
@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any
 
-import stub_engines  # the sibling script: run as a script, scripts/ is on sys.path
+import stub_engines  # the sibling script: run as a script, its folder is on sys.path
 from aiohttp import web
 
 CHUNK = b"\xff\xfe\x00E" * 16384  # 64 KiB of bytes that are not UTF-8

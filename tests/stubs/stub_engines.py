@@ -1,5 +1,5 @@
 """The control and status routes of SGLang and vLLM servers, answered as those servers do,
-for stub nodes with `"engine": "sglang" | "vllm"` (scripts/stub_nodes.py).
+for stub nodes with `"engine": "sglang" | "vllm"` (tests/stubs/stub_nodes.py).
 
 SGLang, `python/sglang/srt/entrypoints/http_server.py`:
 - `POST|GET /release_memory_occupation`, `/resume_memory_occupation`: the body is a
