@@ -66,14 +66,18 @@ def _describe(error: ValidationError, flags: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _run(**values: Any) -> None:
-    context = click.get_current_context()
-    given = {name: value for name, value in values.items()
+def node_options(context: click.Context) -> NodeOptions:
+    """The options given on the command line; a usage error (exit 2) names the bad flag."""
+    given = {name: value for name, value in context.params.items()
              if context.get_parameter_source(name) is not ParameterSource.DEFAULT}
     try:
-        options = NodeOptions(**given)
+        return NodeOptions(**given)
     except ValidationError as error:
         raise click.UsageError(_describe(error, _flags()), context) from None
+
+
+def _run(**_: Any) -> None:
+    options = node_options(click.get_current_context())
     from node.server import serve  # torch loads only once the options are known to be good
 
     serve(options)
