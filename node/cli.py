@@ -21,9 +21,16 @@ from node.options import Flag, NodeOptions
 PROG_NAME = "pdfleet node"
 
 
-def _flag(name: str, field: FieldInfo) -> str | None:
+def _flag(name: str, field: FieldInfo) -> Flag:
     marks = [mark for mark in field.metadata if isinstance(mark, Flag)]
-    return marks[0].name if marks else "--" + name.replace("_", "-")
+    return marks[0] if marks else Flag("--" + name.replace("_", "-"))
+
+
+# Each command-line field's flag, by field name.
+FLAGS: dict[str, Flag] = {
+    name: flag for name, field in NodeOptions.model_fields.items()
+    if (flag := _flag(name, field)).name is not None
+}
 
 
 def _click_type(annotation: Any) -> Any:
@@ -39,30 +46,29 @@ def _click_type(annotation: Any) -> Any:
     return click.STRING
 
 
-def _option(name: str, field: FieldInfo, flag: str) -> click.Option:
+def _option(name: str, flag: Flag) -> click.Option:
+    field = NodeOptions.model_fields[name]
+    declared = [flag.name, name]
     default = field.get_default(call_default_factory=True)
     if field.annotation is bool:
-        return click.Option([flag, name], is_flag=True, default=default, help=field.description)
+        return click.Option(declared, is_flag=True, default=default, help=field.description)
     if get_origin(field.annotation) is list:
-        return click.Option([flag, name], multiple=True, metavar="RULE", help=field.description)
+        return click.Option(declared, multiple=True, metavar=flag.metavar,
+                            help=field.description)
     return click.Option(
-        [flag, name], type=_click_type(field.annotation),
+        declared, type=_click_type(field.annotation), metavar=flag.metavar,
         default=default.value if isinstance(default, Enum) else default,
         show_default=default is not None, help=field.description)
 
 
-def _flags() -> dict[str, str]:
-    """Each command-line field's flag, by field name."""
-    flags = {name: _flag(name, field) for name, field in NodeOptions.model_fields.items()}
-    return {name: flag for name, flag in flags.items() if flag is not None}
-
-
-def _describe(error: ValidationError, flags: dict[str, str]) -> str:
+def _describe(error: ValidationError) -> str:
+    """pydantic's errors, each under the flag it is about."""
     lines = []
     for problem in error.errors():
         message = problem["msg"].removeprefix("Value error, ")
-        where = problem["loc"][0] if problem["loc"] else None
-        lines.append(f"{flags.get(str(where), where)}: {message}" if where else message)
+        field = str(problem["loc"][0]) if problem["loc"] else None
+        flag = FLAGS[field].name if field in FLAGS else field
+        lines.append(f"{flag}: {message}" if flag else message)
     return "\n".join(lines)
 
 
@@ -73,7 +79,7 @@ def node_options(context: click.Context) -> NodeOptions:
     try:
         return NodeOptions(**given)
     except ValidationError as error:
-        raise click.UsageError(_describe(error, _flags()), context) from None
+        raise click.UsageError(_describe(error), context) from None
 
 
 def _run(**_: Any) -> None:
@@ -83,19 +89,14 @@ def _run(**_: Any) -> None:
     serve(options)
 
 
-def _env_only() -> str:
-    fields = NodeOptions.model_fields
-    return "\n\n".join(f"{name}: {fields[name].description}."
-                       for name in fields if name not in _flags())
-
-
 command = click.Command(
     "node",
     callback=_run,
-    params=[_option(name, NodeOptions.model_fields[name], flag)
-            for name, flag in _flags().items()],
+    params=[_option(name, flag) for name, flag in FLAGS.items()],
     help="Run one pdfleet node serving the reference model.",
-    epilog="Not on the command line: " + _env_only(),
+    epilog="Not on the command line: " + "\n\n".join(
+        f"{name}: {field.description}." for name, field in NodeOptions.model_fields.items()
+        if name not in FLAGS),
 )
 
 

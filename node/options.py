@@ -1,6 +1,6 @@
 """Everything a node is started with, validated once.
 
-`NodeOptions` is what the command line builds (`node.command`, one flag per field, its help
+`NodeOptions` is what the command line builds (`node.cli`, one flag per field, its help
 the field's description) and `node.server.serve` takes. The model's shape is resolved from
 `model_size` (a preset or a weights budget such as "16g"), and explicit `layers` / `width` /
 `heads` override it.
@@ -27,10 +27,11 @@ DEFAULT_BOOTSTRAP_PORT = 8998
 
 @dataclass(frozen=True)
 class Flag:
-    """A field's command-line flag where it is not `--` and the field's name in kebab-case;
-    None keeps the field off the command line."""
+    """A field's command-line flag where it is not `--` and the field's name in kebab-case
+    (`name` None keeps the field off the command line), and what its value is called."""
 
     name: str | None
+    metavar: str | None = None
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -80,7 +81,7 @@ class NodeOptions(BaseModel):
         description=f"token the admin routes need (from ${ADMIN_TOKEN_ENV})")
     enable_fault_injection: bool = Field(
         default=False, description="apply --fault rules and serve /_admin/faults")
-    faults: Annotated[list[FaultRule], Flag("--fault")] = Field(
+    faults: Annotated[list[FaultRule], Flag("--fault", "RULE")] = Field(
         default_factory=list, description="fault rule (repeatable), e.g. "
         "route=/flush_cache,kind=status,code=500")
     log_level: str = Field(default="warning", description="uvicorn and node log level")

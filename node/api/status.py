@@ -34,13 +34,13 @@ class ModelInfo(BaseModel):
 
 
 class ServerInfo(BaseModel):
-    role: str
+    role: Role
     backend: str
     memory_saver_enabled: bool
     device: str
     state: str
     is_sleeping: bool
-    released_tags: list[str]
+    released_tags: list[MemoryTag]
     admission: str
     inflight: int
     held_kv_handoffs: int
@@ -82,7 +82,7 @@ async def get_server_info(request: Request) -> ServerInfo:
     stats = runtime.controller.backend.stats()
     shape = options.model_shape
     memory = MemoryInfo.of(stats)
-    released = [t.value for t in runtime.controller.released_tags]
+    released = runtime.controller.released_tags
     return ServerInfo(
         role=options.role,
         backend=stats.backend,

@@ -171,21 +171,20 @@ KIND_MODELS: dict[FaultKind, type[_Rule]] = {
 def _rule_error(error: ErrorDetails, kind: Any) -> FaultRuleError:
     """Our error for pydantic's first one: the key it is about, in the rule's terms."""
     kinds = "|".join(FaultKind)
+    key = str(error["loc"][-1]) if error["loc"] else "kind"
     match error["type"]:
         case "union_tag_not_found":
-            return FaultRuleError("kind", f"missing (one of {kinds})")
+            return FaultRuleError(key, f"missing (one of {kinds})")
         case "union_tag_invalid":
-            return FaultRuleError("kind", f"{kind!r} is not one of {kinds}")
-    key = str(error["loc"][-1])
-    match error["type"]:
+            return FaultRuleError(key, f"{kind!r} is not one of {kinds}")
         case "extra_forbidden":
             own = [k for k in KIND_MODELS[FaultKind(kind)].model_fields if k not in COMMON_KEYS]
             takes = ", ".join(own) or "no keys of its own"
             return FaultRuleError(key, f"unknown for kind {kind} (it takes {takes})")
         case "missing":
             return FaultRuleError(key, f"missing: kind {kind} needs it")
-    if error["type"] == "value_error":  # ours, which quote the value themselves
-        return FaultRuleError(key, error["msg"].removeprefix("Value error, "))
+        case "value_error":  # ours, which quote the value themselves
+            return FaultRuleError(key, error["msg"].removeprefix("Value error, "))
     return FaultRuleError(key, f"{error['input']!r}: {error['msg']}")
 
 
