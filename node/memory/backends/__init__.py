@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-if TYPE_CHECKING:  # base.py loads torch, which the CLI imports this module without
+if TYPE_CHECKING:  # base.py loads torch; the command line reads BackendName before torch
     from node.memory.backends.base import MemoryBackend
 
 BackendName = Literal["auto", "torch_memory_saver", "cpu", "none"]
