@@ -1,6 +1,6 @@
 """The node's error hierarchy: each class is one HTTP status with a message for the client.
 
-Routes raise these; one exception handler in `node.server` turns them into
+Routes raise these; one exception handler (`node.http.errors`) turns them into
 `{"success": false, "message": ..., **detail}` with the right status and headers.
 """
 

@@ -72,9 +72,9 @@ class GenerationService:
                 f"({request.sampling.max_new_tokens}) exceeds the context of {capacity} tokens"
             )
         boot = request.bootstrap
-        if self.role == "prefill" and boot.room is None:
+        if self.role is Role.PREFILL and boot.room is None:
             raise BadRequest("a prefill node needs bootstrap_room")
-        if self.role == "decode" and (boot.host is None or boot.port is None or boot.room is None):
+        if self.role is Role.DECODE and None in (boot.host, boot.port, boot.room):
             raise BadRequest(
                 "a decode node needs bootstrap_host, bootstrap_port and bootstrap_room"
             )
@@ -101,13 +101,13 @@ class GenerationService:
         work = self._admission.register(f"generate {request.rid}")
         generated = 0
         try:
-            if self.role == "decode":
+            if self.role is Role.DECODE:
                 prefilled = await self._pull(request, work)
             else:
                 prefilled = await self._engine.prefill(request.input_ids)
             sampling = request.sampling
             try:
-                if self.role == "prefill":
+                if self.role is Role.PREFILL:
                     sampling = sampling.model_copy(
                         update={"max_new_tokens": min(1, sampling.max_new_tokens)}
                     )
@@ -115,7 +115,7 @@ class GenerationService:
                     generated = len(update.output_ids)
                     yield update
             finally:
-                if self.role == "prefill" and work.abort_reason is None:
+                if self.role is Role.PREFILL and work.abort_reason is None:
                     self._hold(request, prefilled)
                 else:
                     self._engine.free(prefilled)

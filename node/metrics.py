@@ -1,4 +1,4 @@
-"""The node's Prometheus metrics (SPEC 3.3), served at `GET /metrics`.
+"""The node's Prometheus metrics, served at `GET /metrics`.
 
 Counters and histograms are updated where things happen (generation requests by an ASGI
 middleware, tokens by the generation service, memory operations by the memory routes and the
@@ -8,19 +8,19 @@ controller); region sizes, released tags and in-flight requests are read at scra
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from node.admission import Admission
 from node.errors import NodeError
 from node.memory.backends.base import RegionState
+from node.memory.controller import MemoryController
 from node.memory.tags import ALL_TAGS, MemoryTag
-
-if TYPE_CHECKING:
-    from node.runtime import NodeRuntime
+from pdfleet.vocabulary import Operation
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GENERATION_ROUTES = frozenset(("/generate", "/v1/completions", "/v1/chat/completions"))
@@ -32,26 +32,26 @@ T = TypeVar("T")
 class NodeStateCollector(Collector):
     """Region sizes by state, released tags and in-flight requests, read at scrape time."""
 
-    def __init__(self, runtime: NodeRuntime) -> None:
-        self._runtime = runtime
+    def __init__(self, controller: MemoryController, admission: Admission) -> None:
+        self._controller = controller
+        self._admission = admission
 
     def collect(self) -> Iterator[Metric]:
-        runtime = self._runtime
         regions = GaugeMetricFamily(
             "pdfleet_node_region_bytes", "Bytes of each memory region, under its current state",
             labels=["tag", "state"])
-        for tag, region in runtime.backend.stats().regions.items():
+        for tag, region in self._controller.backend.stats().regions.items():
             for state in RegionState:
                 value = region.bytes if region.state is state else 0
                 regions.add_metric([tag.value, state.value], value)
         released = GaugeMetricFamily(
             "pdfleet_node_released_tags", "1 while the tag is released", labels=["tag"])
-        now_released = set(runtime.controller.released_tags)
+        now_released = set(self._controller.released_tags)
         for tag in ALL_TAGS:
             released.add_metric([tag.value], float(tag in now_released))
         inflight = GaugeMetricFamily(
             "pdfleet_node_inflight_requests", "Generation requests admitted and not finished")
-        inflight.add_metric([], len(runtime.admission.inflight))
+        inflight.add_metric([], len(self._admission.inflight))
         yield from (regions, released, inflight)
 
 
@@ -73,18 +73,19 @@ class NodeMetrics:
             "Time to release or resume one tag's region", ["operation", "tag"],
             buckets=STEP_BUCKETS, registry=self.registry)
 
-    def watch(self, runtime: NodeRuntime) -> None:
-        """Read `runtime`'s memory regions, tags and admission at every scrape."""
-        self.registry.register(NodeStateCollector(runtime))
+    def watch(self, controller: MemoryController, admission: Admission) -> None:
+        """Read the memory regions, released tags and in-flight work at every scrape."""
+        self.registry.register(NodeStateCollector(controller, admission))
 
     def tokens_generated(self, count: int) -> None:
         self.tokens.inc(count)
 
-    def step_done(self, operation: str, tag: MemoryTag, seconds: float) -> None:
-        self.step_duration.labels(operation, tag.value).observe(seconds)
+    def step_done(self, operation: Operation, tag: MemoryTag, seconds: float) -> None:
+        self.step_duration.labels(operation.short, tag.value).observe(seconds)
 
-    async def operation(self, name: str, work: Awaitable[T]) -> T:
-        """`work`'s result, counted under `name` by how it ended."""
+    async def operation(self, operation: Operation, work: Awaitable[T]) -> T:
+        """`work`'s result, counted under the operation's short name by how it ended."""
+        name = operation.short
         try:
             result = await work
         except NodeError as error:

@@ -1,60 +1,37 @@
 """Everything a node is started with, validated once.
 
-`NodeOptions` is what the CLI builds and `node.server.serve` takes. The model's shape is
-resolved from `model_size` (a preset or a weights budget such as "16g") into a `ModelShape`,
-and explicit `layers` / `width` / `heads` override the preset.
+`NodeOptions` is what the command line builds (`node.cli`, one flag per field, its help
+the field's description) and `node.server.serve` takes. The model's shape is resolved from
+`model_size` (a preset or a weights budget such as "16g"), and explicit `layers` / `width` /
+`heads` override it.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from node.engine.tokenizer import VOCAB_SIZE
-from node.faults.rules import parse_rule
+from node.engine.shape import PRESETS, ModelShape, shape_for_size
+from node.faults.rules import FaultRule, parse_rule
+from node.memory.backends import BackendName
 from pdfleet.vocabulary import ADMIN_TOKEN_ENV, Role
 
 Device = Literal["cpu", "cuda"]
-MemoryBackendName = Literal["auto", "torch_memory_saver", "cpu", "none"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 DEFAULT_BOOTSTRAP_PORT = 8998
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    layers: int
-    width: int
-    heads: int
+class Flag:
+    """A field's command-line flag where it is not `--` and the field's name in kebab-case
+    (`name` None keeps the field off the command line), and what its value is called."""
 
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
-
-    @property
-    def mlp_width(self) -> int:
-        return 4 * self.width
-
-    def weight_count(self, vocab: int = VOCAB_SIZE) -> int:
-        per_layer = 2 * self.width + 4 * self.width**2 + 2 * self.width * self.mlp_width
-        return 2 * vocab * self.width + self.width + self.layers * per_layer
-
-
-# "tiny" generates tens of tokens in well under a second on two CPU cores while its weights
-# (~12 MiB in fp32) are big enough that releasing them visibly lowers process RSS.
-PRESETS: dict[str, ModelShape] = {
-    "tiny": ModelShape(layers=4, width=256, heads=4),
-    "small": ModelShape(layers=8, width=512, heads=8),
-}
-
-# Multi-GiB sizes ("4g", "16g") keep a realistic layer width and choose the layer count.
-_BUDGET_WIDTH = 4096
-_BUDGET_HEADS = 32
-_BUDGET_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)g$")
+    name: str | None
+    metavar: str | None = None
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -64,44 +41,65 @@ def dtype_bytes(dtype: str) -> int:
 class NodeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Role = Role.MIXED
-    host: str = "127.0.0.1"
-    port: int = Field(default=30000, ge=0, le=65535)
-    device: Device = "cpu"
-    memory_backend: MemoryBackendName = "auto"
-    bootstrap_port: int | None = Field(default=None, ge=0, le=65535)
+    role: Role = Field(default=Role.MIXED, description="what the node serves")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=30000, ge=0, le=65535, description="port of the HTTP API")
+    device: Device = Field(default="cpu", description="where the model runs")
+    memory_backend: BackendName = Field(
+        default="auto", description="how memory is released: auto is torch_memory_saver on "
+        "CUDA, else cpu; none refuses every release")
+    bootstrap_port: int | None = Field(
+        default=None, ge=0, le=65535, description="prefill only: port decode nodes pull KV "
+        f"from (default {DEFAULT_BOOTSTRAP_PORT})")
 
-    model: str | None = Field(default=None, description="safetensors file with the weights")
-    model_size: str = "tiny"
-    layers: int | None = Field(default=None, ge=1)
-    width: int | None = Field(default=None, ge=8)
-    heads: int | None = Field(default=None, ge=1)
-    dtype: DtypeName = "auto"
-    seed: int = 0
+    model: str | None = Field(
+        default=None, description="safetensors file with the weights (default: seeded init)")
+    model_size: str = Field(
+        default="tiny", description=f"{', '.join(PRESETS)}, or a weights budget like 16g")
+    layers: int | None = Field(default=None, ge=1, description="override the size's layer count")
+    width: int | None = Field(default=None, ge=8, description="override the size's layer width")
+    heads: int | None = Field(default=None, ge=1, description="override the size's head count")
+    dtype: DtypeName = Field(
+        default="auto", description="weights and KV dtype: auto is bfloat16 on CUDA, else float32")
+    seed: int = Field(default=0, description="seed of the initial weights")
 
-    kv_cache_tokens: int = Field(default=8192, ge=16)
-    kv_slots: int = Field(default=8, ge=1)
+    kv_cache_tokens: int = Field(default=8192, ge=16, description="tokens the KV pool holds")
+    kv_slots: int = Field(default=8, ge=1, description="requests the KV pool holds at once")
 
-    kv_handoff_timeout_s: float = Field(default=30.0, gt=0)
-    kv_ttl_s: float = Field(default=60.0, gt=0)
-    drain_timeout_s: float = Field(default=30.0, ge=0)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    kv_handoff_timeout_s: float = Field(
+        default=30.0, gt=0, description="decode only: seconds to wait for a prompt's KV")
+    kv_ttl_s: float = Field(
+        default=60.0, gt=0, description="prefill only: seconds KV waits to be pulled")
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="seconds a release waits for requests in flight")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
-    admin_token: str | None = Field(default_factory=lambda: os.environ.get(ADMIN_TOKEN_ENV) or None)
-    enable_fault_injection: bool = False
-    faults: list[str] = Field(default_factory=list)
-    log_level: str = "warning"
+    # A secret stays off the command line, where any user could read it in the process list.
+    admin_token: Annotated[str | None, Flag(None)] = Field(
+        default_factory=lambda: os.environ.get(ADMIN_TOKEN_ENV) or None,
+        description=f"token the admin routes need (from ${ADMIN_TOKEN_ENV})")
+    enable_fault_injection: bool = Field(
+        default=False, description="apply --fault rules and serve /_admin/faults")
+    faults: Annotated[list[FaultRule], Flag("--fault", "RULE")] = Field(
+        default_factory=list, description="fault rule (repeatable), e.g. "
+        "route=/flush_cache,kind=status,code=500")
+    log_level: str = Field(default="warning", description="uvicorn and node log level")
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _parse_faults(cls, rules: list[Any]) -> list[Any]:
+        # A malformed rule stops the node at start, naming the key.
+        return [parse_rule(rule) if isinstance(rule, str) else rule for rule in rules]
 
     @model_validator(mode="after")
     def _check(self) -> NodeOptions:
-        if self.role == "prefill" and self.bootstrap_port is None:
+        if self.role is Role.PREFILL and self.bootstrap_port is None:
             self.bootstrap_port = DEFAULT_BOOTSTRAP_PORT
-        if self.role == "prefill" and self.bootstrap_port == self.port:
+        if self.role is Role.PREFILL and self.bootstrap_port == self.port:
             raise ValueError("bootstrap_port must differ from port")
         if self.faults and not self.enable_fault_injection:
             raise ValueError("fault rules need enable_fault_injection")
-        for rule in self.faults:
-            parse_rule(rule)  # a malformed rule stops the node at start, naming the key
         shape = self.model_shape  # raises on an unknown model_size
         if shape.width % shape.heads or shape.head_dim % 2:
             raise ValueError(f"width {shape.width} must split into {shape.heads} even-sized heads")
@@ -121,7 +119,7 @@ class NodeOptions(BaseModel):
 
     @property
     def model_shape(self) -> ModelShape:
-        base = _shape_for_size(self.model_size, self.torch_dtype_name)
+        base = shape_for_size(self.model_size, dtype_bytes(self.torch_dtype_name))
         return ModelShape(
             layers=self.layers or base.layers,
             width=self.width or base.width,
@@ -133,17 +131,3 @@ class NodeOptions(BaseModel):
         if self.model:
             return os.path.splitext(os.path.basename(self.model))[0]
         return f"pdfleet-{self.model_size}"
-
-
-def _shape_for_size(model_size: str, dtype: str) -> ModelShape:
-    if model_size in PRESETS:
-        return PRESETS[model_size]
-    match = _BUDGET_PATTERN.match(model_size.lower())
-    if not match:
-        known = ", ".join(PRESETS)
-        raise ValueError(f"model_size {model_size!r}: use one of {known} or a budget like '16g'")
-    budget = float(match.group(1)) * 2**30
-    one_layer = ModelShape(layers=1, width=_BUDGET_WIDTH, heads=_BUDGET_HEADS)
-    layer_bytes = (one_layer.weight_count() - 2 * VOCAB_SIZE * _BUDGET_WIDTH) * dtype_bytes(dtype)
-    layers = max(1, round(budget / layer_bytes))
-    return ModelShape(layers=layers, width=_BUDGET_WIDTH, heads=_BUDGET_HEADS)

@@ -16,7 +16,7 @@ from node.engine.engine import Engine
 from node.engine.kv_pool import KVPool
 from node.engine.model import ModelConfig, Transformer, TransformerWeights
 from node.engine.tokenizer import VOCAB_SIZE
-from node.faults.rules import RESUME_KINDS, FaultSet, parse_rule
+from node.faults.rules import RESUME_KINDS, FaultSet
 from node.generation import GenerationService
 from node.memory.backends import make_backend
 from node.memory.controller import MemoryController
@@ -25,6 +25,7 @@ from node.metrics import NodeMetrics
 from node.options import NodeOptions
 from node.pd.puller import KVPuller
 from node.pd.store import HandoffStore
+from pdfleet.vocabulary import Role
 
 log = logging.getLogger("node")
 
@@ -36,7 +37,7 @@ class NodeRuntime:
         self.metrics = NodeMetrics()
         if options.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
-        self.backend = make_backend(options)
+        self.backend = make_backend(options.memory_backend, options.device)
         shape = options.model_shape
         config = ModelConfig(
             shape=shape,
@@ -68,18 +69,20 @@ class NodeRuntime:
         self.admission = Admission()
         self.handoffs = (
             HandoffStore(self.engine, self.admission, options.kv_ttl_s)
-            if options.role == "prefill"
+            if options.role is Role.PREFILL
             else None
         )
-        self.puller = KVPuller(options.kv_handoff_timeout_s) if options.role == "decode" else None
+        self.puller = (
+            KVPuller(options.kv_handoff_timeout_s) if options.role is Role.DECODE else None
+        )
         self.service = GenerationService(
             options.role, self.engine, self.admission, self.handoffs, self.puller,
             on_tokens=self.metrics.tokens_generated,
         )
         # health_generate probes the local model whatever the role.
-        self.local_service = GenerationService("mixed", self.engine, self.admission)
+        self.local_service = GenerationService(Role.MIXED, self.engine, self.admission)
         self.faults = (
-            FaultSet(parse_rule(rule) for rule in options.faults)
+            FaultSet(options.faults)
             if options.enable_fault_injection
             else None
         )
@@ -88,7 +91,7 @@ class NodeRuntime:
             self._clear_kv_state, oom_injected=self._oom_injected,
             on_step=self.metrics.step_done,
         )
-        self.metrics.watch(self)
+        self.metrics.watch(self.controller, self.admission)
         log.info(
             "node ready: role=%s device=%s backend=%s model=%s weights=%d bytes kv=%d bytes",
             options.role,

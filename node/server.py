@@ -16,9 +16,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from node.api import generate, memory, openai, status
-from node.api.errors import install_error_handlers
 from node.faults.admin import admin_router
 from node.faults.inject import FaultMiddleware, FaultProtocol
+from node.http.errors import install_error_handlers
 from node.metrics import GenerationCounting
 from node.options import NodeOptions
 from node.pd.bootstrap import create_bootstrap_app

@@ -95,7 +95,7 @@ def up(
 )
 def node(ctx: typer.Context) -> None:
     """Run one node serving the reference model (`pdfleet node --help` lists the options)."""
-    from node.__main__ import main
+    from node.cli import main
 
     main(ctx.args)
 

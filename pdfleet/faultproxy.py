@@ -19,10 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from node.api.errors import install_error_handlers
 from node.faults.admin import admin_router
 from node.faults.inject import FaultMiddleware, FaultProtocol
 from node.faults.rules import FaultSet
+from node.http.errors import install_error_handlers
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.

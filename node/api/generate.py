@@ -10,7 +10,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from node.api.body import read_body
 from node.api.sse import stream_response
 from node.api.streaming import aborted_error, sse_from_updates
 from node.engine import tokenizer
@@ -18,6 +17,7 @@ from node.engine.engine import GenerationUpdate
 from node.engine.sampler import SamplingParams
 from node.errors import BadRequest
 from node.generation import Bootstrap, GenerationRequest
+from node.http.body import read_body
 from node.runtime import NodeRuntime
 
 router = APIRouter()

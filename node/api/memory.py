@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from node.api.body import read_body, require_admin
+from node.http.body import read_body, require_admin
 from node.memory.messages import (
     FlushReport,
     ReleaseReport,
@@ -16,6 +16,7 @@ from node.memory.messages import (
     SleepStatus,
 )
 from node.runtime import NodeRuntime
+from pdfleet.vocabulary import Operation
 
 router = APIRouter()
 
@@ -26,29 +27,30 @@ def _admin_runtime(request: Request) -> NodeRuntime:
     return runtime
 
 
-@router.post("/release_memory_occupation")
+@router.post(f"/{Operation.RELEASE}")
 async def release_memory_occupation(request: Request) -> ReleaseReport:
     runtime = _admin_runtime(request)
     body = await read_body(
         request, ReleaseRequest, max_bytes=runtime.options.max_body_bytes, allow_empty=True
     )
-    return await runtime.metrics.operation("release", runtime.controller.release(body))
+    return await runtime.metrics.operation(Operation.RELEASE, runtime.controller.release(body))
 
 
-@router.post("/resume_memory_occupation")
+@router.post(f"/{Operation.RESUME}")
 async def resume_memory_occupation(request: Request) -> ResumeReport:
     runtime = _admin_runtime(request)
     body = await read_body(
         request, ResumeRequest, max_bytes=runtime.options.max_body_bytes, allow_empty=True
     )
-    return await runtime.metrics.operation("resume", runtime.controller.resume(body))
+    return await runtime.metrics.operation(Operation.RESUME, runtime.controller.resume(body))
 
 
 @router.post("/sleep")
 async def sleep(request: Request, level: Annotated[int, Query(ge=1, le=2)] = 1) -> ReleaseReport:
     """vLLM's sleep: both levels release every tag (weights are always backed up here)."""
     runtime = _admin_runtime(request)
-    return await runtime.metrics.operation("release", runtime.controller.release(ReleaseRequest()))
+    release = runtime.controller.release(ReleaseRequest())
+    return await runtime.metrics.operation(Operation.RELEASE, release)
 
 
 @router.post("/wake_up")
@@ -59,13 +61,13 @@ async def wake_up(
     runtime = _admin_runtime(request)
     names = [name for value in tags or [] for name in value.split(",") if name]
     body = ResumeRequest.model_validate({"tags": names if tags else None})
-    return await runtime.metrics.operation("resume", runtime.controller.resume(body))
+    return await runtime.metrics.operation(Operation.RESUME, runtime.controller.resume(body))
 
 
-@router.post("/flush_cache")
+@router.post(f"/{Operation.FLUSH}")
 async def flush_cache(request: Request) -> FlushReport:
     runtime = _admin_runtime(request)
-    return await runtime.metrics.operation("flush", runtime.controller.flush_cache())
+    return await runtime.metrics.operation(Operation.FLUSH, runtime.controller.flush_cache())
 
 
 @router.get("/is_sleeping")

@@ -15,6 +15,7 @@ from node.generation import Bootstrap, GenerationRequest
 from node.memory.messages import MemoryInfo
 from node.metrics import CONTENT_TYPE
 from node.runtime import NodeRuntime
+from pdfleet.vocabulary import MemoryTag, Role
 
 router = APIRouter()
 
@@ -33,13 +34,13 @@ class ModelInfo(BaseModel):
 
 
 class ServerInfo(BaseModel):
-    role: str
+    role: Role
     backend: str
     memory_saver_enabled: bool
     device: str
     state: str
     is_sleeping: bool
-    released_tags: list[str]
+    released_tags: list[MemoryTag]
     admission: str
     inflight: int
     held_kv_handoffs: int
@@ -81,7 +82,7 @@ async def get_server_info(request: Request) -> ServerInfo:
     stats = runtime.controller.backend.stats()
     shape = options.model_shape
     memory = MemoryInfo.of(stats)
-    released = [t.value for t in runtime.controller.released_tags]
+    released = runtime.controller.released_tags
     return ServerInfo(
         role=options.role,
         backend=stats.backend,
@@ -93,7 +94,7 @@ async def get_server_info(request: Request) -> ServerInfo:
         admission=runtime.admission.closed_reason or "open",
         inflight=len(runtime.admission.inflight),
         held_kv_handoffs=runtime.handoffs.held_rooms if runtime.handoffs else 0,
-        bootstrap_port=options.bootstrap_port if options.role == "prefill" else None,
+        bootstrap_port=options.bootstrap_port if options.role is Role.PREFILL else None,
         model=ModelInfo(
             name=options.model_name,
             layers=shape.layers,
@@ -101,10 +102,10 @@ async def get_server_info(request: Request) -> ServerInfo:
             heads=shape.heads,
             vocab=runtime.engine.model.config.vocab,
             dtype=options.torch_dtype_name,
-            weight_bytes=memory.regions["weights"].bytes,
+            weight_bytes=memory.regions[MemoryTag.WEIGHTS].bytes,
             kv_slots=options.kv_slots,
             kv_slot_tokens=options.slot_tokens,
-            kv_bytes=memory.regions["kv_cache"].bytes,
+            kv_bytes=memory.regions[MemoryTag.KV_CACHE].bytes,
         ),
         memory=memory,
     )

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from node.engine.kv_pool import KVSlot
-from node.options import ModelShape
+from node.engine.shape import ModelShape
 
 _ROPE_BASE = 10000.0
 _NORM_EPS = 1e-5

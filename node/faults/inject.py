@@ -19,7 +19,18 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from node.faults.rules import REQUEST_KINDS, FaultKind, FaultRule, FaultSet, ResetAt, StatusBody
+from node.faults.rules import (
+    REQUEST_KINDS,
+    CrashFault,
+    DelayFault,
+    FaultSet,
+    HangFault,
+    ResetAt,
+    ResetFault,
+    SlowBodyFault,
+    StatusBody,
+    StatusFault,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -88,7 +99,7 @@ async def _read_ahead(receive: Receive) -> Receive:
     return replay
 
 
-def status_reply(rule: FaultRule) -> tuple[str, int, Callable[[], Any]]:
+def status_reply(rule: StatusFault) -> tuple[str, int, Callable[[], Any]]:
     """Content type, length and a chunk generator for a `status` fault's body."""
     message = f"injected fault: status {rule.code}"
     if rule.body is StatusBody.JSON:
@@ -97,20 +108,21 @@ def status_reply(rule: FaultRule) -> tuple[str, int, Callable[[], Any]]:
     if rule.body is StatusBody.TEXT:
         data = message.encode()
         return "text/plain; charset=utf-8", len(data), lambda: iter([data])
+    size = rule.bytes or 0  # set for the binary and huge bodies below
     if rule.body is StatusBody.BINARY:
-        data = random.Random(rule.code).randbytes(rule.bytes)
+        data = random.Random(rule.code).randbytes(size)
         return "application/octet-stream", len(data), lambda: iter([data])
 
     def huge() -> Any:
-        left = rule.bytes
+        left = size
         while left > 0:
             yield HUGE_CHUNK[:left]
             left -= len(HUGE_CHUNK)
 
-    return "text/plain; charset=utf-8", rule.bytes, huge
+    return "text/plain; charset=utf-8", size, huge
 
 
-async def _send_status(rule: FaultRule, send: Send) -> None:
+async def _send_status(rule: StatusFault, send: Send) -> None:
     content_type, length, chunks = status_reply(rule)
     await send({"type": "http.response.start", "status": rule.code, "headers": [
         (b"content-type", content_type.encode()), (b"content-length", str(length).encode()),
@@ -190,21 +202,21 @@ class FaultMiddleware:
         if rule is None:
             await self.app(scope, receive, send)
             return
-        match rule.kind:
-            case FaultKind.DELAY:
+        match rule:
+            case DelayFault(seconds=seconds):
                 replay = await _read_ahead(receive)
-                await asyncio.sleep(rule.seconds)
+                await asyncio.sleep(seconds)
                 await self.app(scope, replay, send)
-            case FaultKind.HANG:
+            case HangFault():
                 await _hang(scope, receive, self.faults.cleared)
-            case FaultKind.STATUS:
+            case StatusFault():
                 await _send_status(rule, send)
-            case FaultKind.RESET if rule.at is ResetAt.HEADERS:
+            case ResetFault(at=ResetAt.HEADERS):
                 _reset(scope)
                 await _until_disconnect(receive)
-            case FaultKind.RESET:
+            case ResetFault():
                 await self.app(scope, receive, _cut_mid_body(scope, send))
-            case FaultKind.SLOW_BODY:
-                await self.app(scope, receive, _throttle(send, rule.rate))
-            case FaultKind.CRASH:
-                await self.app(scope, receive, _exit_at_reply(send, rule.code))
+            case SlowBodyFault(rate=rate):
+                await self.app(scope, receive, _throttle(send, rate))
+            case CrashFault(code=code):
+                await self.app(scope, receive, _exit_at_reply(send, code))

@@ -1,11 +1,12 @@
-"""Fault rules: `key=value` pairs, comma-separated, like toxiproxy's attributes.
+"""Fault rules: one pydantic model per kind, written as `key=value` pairs like toxiproxy's
+attributes, or as the same keys in a JSON object (`POST /_admin/faults`).
 
     route=/release_memory_occupation,kind=status,code=500,body=binary,bytes=4096,times=2,p=0.5
 
 Common keys: `route` (exact path or `*`), `kind`, `times` (the next N calls that fire, then the
 rule is dropped; default unlimited), `p` (probability per matching call, default 1). Each kind
-takes its own keys (`KIND_KEYS`); a key the kind does not take is an error, so a typo never
-becomes a silently ignored setting. Every error names the key.
+takes its own keys; a key the kind does not take is an error, so a typo never becomes a
+silently ignored setting. Every error names the key.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 
 class FaultKind(StrEnum):
@@ -41,20 +53,9 @@ class ResetAt(StrEnum):
     BODY = "body"
 
 
-COMMON_KEYS = ("route", "kind", "times", "p")
-# Per kind: its keys, and which of them must be given.
-KIND_KEYS: dict[FaultKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    FaultKind.DELAY: (("seconds",), ("seconds",)),
-    FaultKind.HANG: ((), ()),
-    FaultKind.STATUS: (("code", "body", "bytes"), ("code",)),
-    FaultKind.RESET: (("at",), ()),
-    FaultKind.SLOW_BODY: (("rate",), ("rate",)),
-    FaultKind.CRASH: (("code",), ()),
-    FaultKind.OOM_ON_RESUME: ((), ()),
-}
 DEFAULT_BINARY_BYTES = 4096
 DEFAULT_HUGE_BYTES = 64 << 20
-DEFAULT_CRASH_CODE = 1
+COMMON_KEYS = ("route", "kind", "p", "times")
 
 
 class FaultRuleError(ValueError):
@@ -65,20 +66,23 @@ class FaultRuleError(ValueError):
         self.key = key
 
 
-@dataclass
-class FaultRule:
-    kind: FaultKind
-    route: str = "*"
-    times: int | None = None
-    p: float = 1.0
-    seconds: float = 0.0
-    code: int = 0
-    body: StatusBody = StatusBody.TEXT
-    bytes: int = 0
-    at: ResetAt = ResetAt.HEADERS
-    rate: float = 0.0
-    id: int = 0
-    fired: int = 0
+class _Rule(BaseModel):
+    """The keys every kind takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FaultKind  # each kind narrows this to its own Literal, the union's tag
+    route: str = Field(default="*", description="exact path, or * for every route")
+    times: int | None = Field(default=None, ge=1, le=1 << 31,
+                              description="fire on the next N matching calls, then drop the rule")
+    p: float = Field(default=1.0, ge=0.0, le=1.0, description="probability per matching call")
+
+    @field_validator("route")
+    @classmethod
+    def _route(cls, route: str) -> str:
+        if route != "*" and not route.startswith("/"):
+            raise ValueError(f"{route!r} is neither '*' nor a path starting with '/'")
+        return route
 
     def matches(self, path: str | None) -> bool:
         """`path` None stands for every route (a resume reached by any of its routes)."""
@@ -86,119 +90,163 @@ class FaultRule:
 
     def spec(self) -> dict[str, Any]:
         """The rule's own keys (those it was given or defaults to), as a JSON object."""
-        own, _ = KIND_KEYS[self.kind]
         values: dict[str, Any] = {"route": self.route, "kind": self.kind.value, "p": self.p}
         if self.times is not None:
             values["times"] = self.times
-        for key in own:
-            if key == "bytes" and self.body not in (StatusBody.BINARY, StatusBody.HUGE):
-                continue  # text and json bodies have their own length
-            value = getattr(self, key)
-            values[key] = value.value if isinstance(value, StrEnum) else value
-        return values
-
-    def view(self) -> dict[str, Any]:
-        remaining = None if self.times is None else self.times - self.fired
-        return {"id": self.id, **self.spec(), "fired": self.fired, "remaining": remaining}
+        return values | self.model_dump(mode="json", exclude=set(COMMON_KEYS), exclude_none=True)
 
 
-def _number(key: str, raw: str, kind: type[int] | type[float], low: float, high: float) -> Any:
-    try:
-        value = kind(raw)
-    except ValueError:
-        expected = "an integer" if kind is int else "a number"
-        raise FaultRuleError(key, f"{raw!r} is not {expected}") from None
-    if not low <= value <= high:
-        raise FaultRuleError(key, f"{raw} is outside [{low:g}, {high:g}]")
-    return value
+class DelayFault(_Rule):
+    """Answer after `seconds`; the request is read first, so it takes effect even if the
+    client gives up."""
+
+    kind: Literal[FaultKind.DELAY]
+    seconds: float = Field(ge=0.0, le=86400.0)
 
 
-def _choice(key: str, raw: str, enum: type[StrEnum]) -> Any:
-    try:
-        return enum(raw)
-    except ValueError:
-        allowed = "|".join(e.value for e in enum)
-        raise FaultRuleError(key, f"{raw!r} is not one of {allowed}") from None
+class HangFault(_Rule):
+    """Never answer, until the rules are cleared or the client goes away."""
+
+    kind: Literal[FaultKind.HANG]
+
+
+class StatusFault(_Rule):
+    """Answer `code` without calling the node, with a body of the chosen shape."""
+
+    kind: Literal[FaultKind.STATUS]
+    code: int = Field(ge=100, le=599)
+    body: StatusBody = StatusBody.TEXT
+    bytes: int | None = Field(default=None, ge=0, le=1 << 40,
+                              description="length of a binary or huge body")
+
+    @model_validator(mode="after")
+    def _body_length(self) -> Self:
+        if self.body in (StatusBody.TEXT, StatusBody.JSON):
+            self.bytes = None  # text and json bodies have their own length
+        elif self.bytes is None:
+            huge = self.body is StatusBody.HUGE
+            self.bytes = DEFAULT_HUGE_BYTES if huge else DEFAULT_BINARY_BYTES
+        return self
+
+
+class ResetFault(_Rule):
+    """Drop the connection with a TCP reset, before the headers or halfway through the body."""
+
+    kind: Literal[FaultKind.RESET]
+    at: ResetAt = ResetAt.HEADERS
+
+
+class SlowBodyFault(_Rule):
+    """Send the node's real reply at `rate` bytes per second."""
+
+    kind: Literal[FaultKind.SLOW_BODY]
+    rate: float = Field(ge=1.0, le=float(1 << 40))
+
+
+class CrashFault(_Rule):
+    """Exit the process with `code` once the node starts its reply: the operation ran."""
+
+    kind: Literal[FaultKind.CRASH]
+    code: int = Field(default=1, ge=0, le=255)
+
+
+class OomOnResumeFault(_Rule):
+    """The next resume finds no free device memory (507)."""
+
+    kind: Literal[FaultKind.OOM_ON_RESUME]
+
+
+FaultRule = Annotated[
+    DelayFault | HangFault | StatusFault | ResetFault | SlowBodyFault | CrashFault
+    | OomOnResumeFault,
+    Field(discriminator="kind"),
+]
+_RULE = TypeAdapter(FaultRule)
+# Each model by its tag, the one value of its `kind` Literal.
+KIND_MODELS: dict[FaultKind, type[_Rule]] = {
+    get_args(model.model_fields["kind"].annotation)[0]: model for model in _Rule.__subclasses__()
+}
+
+
+def _rule_error(error: ErrorDetails, kind: Any) -> FaultRuleError:
+    """Our error for pydantic's first one: the key it is about, in the rule's terms."""
+    kinds = "|".join(FaultKind)
+    key = str(error["loc"][-1]) if error["loc"] else "kind"
+    match error["type"]:
+        case "union_tag_not_found":
+            return FaultRuleError(key, f"missing (one of {kinds})")
+        case "union_tag_invalid":
+            return FaultRuleError(key, f"{kind!r} is not one of {kinds}")
+        case "extra_forbidden":
+            own = [k for k in KIND_MODELS[FaultKind(kind)].model_fields if k not in COMMON_KEYS]
+            takes = ", ".join(own) or "no keys of its own"
+            return FaultRuleError(key, f"unknown for kind {kind} (it takes {takes})")
+        case "missing":
+            return FaultRuleError(key, f"missing: kind {kind} needs it")
+        case "value_error":  # ours, which quote the value themselves
+            return FaultRuleError(key, error["msg"].removeprefix("Value error, "))
+    return FaultRuleError(key, f"{error['input']!r}: {error['msg']}")
 
 
 def rule_from_mapping(values: Mapping[str, Any]) -> FaultRule:
     """A rule from its keys (strings, or JSON numbers from the admin route)."""
-    pairs: dict[str, str] = {}
     for key, value in values.items():
+        # pydantic would read true as 1: a JSON rule takes only what the text form can say.
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise FaultRuleError(str(key), f"{value!r} is not a string or a number")
-        pairs[str(key)] = str(value)
-    if "kind" not in pairs:
-        raise FaultRuleError("kind", "missing (one of " + "|".join(FaultKind) + ")")
-    kind = _choice("kind", pairs["kind"], FaultKind)
-    own, required = KIND_KEYS[kind]
-    for key in pairs:
-        if key not in COMMON_KEYS and key not in own:
-            takes = ", ".join(own) or "no keys of its own"
-            raise FaultRuleError(key, f"unknown for kind {kind.value} (it takes {takes})")
-    for key in required:
-        if key not in pairs:
-            raise FaultRuleError(key, f"missing: kind {kind.value} needs it")
-    rule = FaultRule(kind=kind)
-    route = pairs.get("route", "*")
-    if route != "*" and not route.startswith("/"):
-        raise FaultRuleError("route", f"{route!r} is neither '*' nor a path starting with '/'")
-    rule.route = route
-    if "times" in pairs:
-        rule.times = _number("times", pairs["times"], int, 1, 1 << 31)
-    if "p" in pairs:
-        rule.p = _number("p", pairs["p"], float, 0.0, 1.0)
-    if "seconds" in pairs:
-        rule.seconds = _number("seconds", pairs["seconds"], float, 0.0, 86400.0)
-    if "rate" in pairs:
-        rule.rate = _number("rate", pairs["rate"], float, 1.0, float(1 << 40))
-    if "at" in pairs:
-        rule.at = _choice("at", pairs["at"], ResetAt)
-    if kind is FaultKind.STATUS:
-        rule.code = _number("code", pairs["code"], int, 100, 599)
-        rule.body = _choice("body", pairs.get("body", "text"), StatusBody)
-        default_bytes = DEFAULT_HUGE_BYTES if rule.body is StatusBody.HUGE else DEFAULT_BINARY_BYTES
-        rule.bytes = _number("bytes", pairs.get("bytes", str(default_bytes)), int, 0, 1 << 40)
-    if kind is FaultKind.CRASH:
-        rule.code = _number("code", pairs.get("code", str(DEFAULT_CRASH_CODE)), int, 0, 255)
-    return rule
+            raise FaultRuleError(key, f"{value!r} is not a string or a number")
+    try:
+        return _RULE.validate_python(values)
+    except ValidationError as error:
+        # An unknown key is named before a missing one: "sekonds" explains "seconds missing".
+        first = min(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise _rule_error(first, values.get("kind")) from None
 
 
 def parse_rule(text: str) -> FaultRule:
     """A rule from its `key=value,...` text."""
     values: dict[str, str] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key = key.strip()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (part.strip() for part in item.partition("="))
         if not sep:
             raise FaultRuleError(key, "expected key=value")
         if key in values:
             raise FaultRuleError(key, "given twice")
-        values[key] = value.strip()
+        values[key] = value
     return rule_from_mapping(values)
+
+
+@dataclass
+class ArmedRule:
+    """A rule in force: its id in the set and how often it fired."""
+
+    id: int
+    rule: FaultRule
+    fired: int = 0
+
+    def view(self) -> dict[str, Any]:
+        times = self.rule.times
+        remaining = None if times is None else times - self.fired
+        return {"id": self.id, **self.rule.spec(), "fired": self.fired, "remaining": remaining}
 
 
 class FaultSet:
     """The rules in force, in the order they were added; the first that fires wins."""
 
     def __init__(self, rules: Iterable[FaultRule] = (), seed: int | None = None) -> None:
-        self._rules: list[FaultRule] = []
+        self._armed: list[ArmedRule] = []
         self._ids = itertools.count(1)
         self._random = random.Random(seed)
         self._cleared = asyncio.Event()
         for rule in rules:
             self.add(rule)
 
-    def add(self, rule: FaultRule) -> FaultRule:
-        rule.id = next(self._ids)
-        self._rules.append(rule)
-        return rule
+    def add(self, rule: FaultRule) -> ArmedRule:
+        armed = ArmedRule(next(self._ids), rule)
+        self._armed.append(armed)
+        return armed
 
     def views(self) -> list[dict[str, Any]]:
-        return [rule.view() for rule in self._rules]
+        return [armed.view() for armed in self._armed]
 
     @property
     def cleared(self) -> asyncio.Event:
@@ -206,8 +254,8 @@ class FaultSet:
         return self._cleared
 
     def clear(self) -> int:
-        count = len(self._rules)
-        self._rules.clear()
+        count = len(self._armed)
+        self._armed.clear()
         self._cleared.set()
         self._cleared = asyncio.Event()
         return count
@@ -215,14 +263,15 @@ class FaultSet:
     def take(self, path: str | None, kinds: frozenset[FaultKind]) -> FaultRule | None:
         """The rule that fires for this call, its count taken; None when none does. Rules of
         other kinds are not consulted (and keep their count)."""
-        for rule in self._rules:
+        for armed in self._armed:
+            rule = armed.rule
             if rule.kind not in kinds or not rule.matches(path):
                 continue
             if rule.p < 1.0 and self._random.random() >= rule.p:
                 continue
-            rule.fired += 1
-            if rule.times is not None and rule.fired >= rule.times:
-                self._rules.remove(rule)
+            armed.fired += 1
+            if rule.times is not None and armed.fired >= rule.times:
+                self._armed.remove(armed)
             return rule
         return None
 

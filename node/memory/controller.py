@@ -67,7 +67,7 @@ class MemoryController:
         drain_timeout_s: float,
         on_kv_cache_cleared: Callable[[], None],
         oom_injected: Callable[[], bool] = lambda: False,
-        on_step: Callable[[str, MemoryTag, float], None] | None = None,
+        on_step: Callable[[Operation, MemoryTag, float], None] | None = None,
     ) -> None:
         self._backend = backend
         self._engine = engine
@@ -109,7 +109,7 @@ class MemoryController:
             before = self._backend.stats().reading.used_bytes
             try:
                 for tag in in_order(todo, RELEASE_ORDER):
-                    await self._apply(self._backend.release, tag, "release")
+                    await self._apply(self._backend.release, tag, Operation.RELEASE)
                     self._released.add(tag)
             finally:
                 self._settle(NodeState.RELEASING)
@@ -140,7 +140,7 @@ class MemoryController:
             before = self._backend.stats().reading.used_bytes
             try:
                 for tag in in_order(todo, RESUME_ORDER):
-                    await self._apply(self._backend.resume, tag, "resume")
+                    await self._apply(self._backend.resume, tag, Operation.RESUME)
                     self._released.discard(tag)
                     if tag is MemoryTag.KV_CACHE:
                         self._on_kv_cache_cleared()
@@ -196,16 +196,18 @@ class MemoryController:
             )
         return inflight
 
-    async def _apply(self, step: Callable[[MemoryTag], None], tag: MemoryTag, verb: str) -> None:
+    async def _apply(
+        self, step: Callable[[MemoryTag], None], tag: MemoryTag, operation: Operation
+    ) -> None:
         started = time.perf_counter()
         try:
             await self._engine.exclusive(step, tag)
         except Exception as error:
             raise NodeError(
-                f"{verb} of {tag.value} failed: {type(error).__name__}: {error}"
+                f"{operation.short} of {tag.value} failed: {type(error).__name__}: {error}"
             ) from error
         if self._on_step is not None:
-            self._on_step(verb, tag, time.perf_counter() - started)
+            self._on_step(operation, tag, time.perf_counter() - started)
 
     def _check_room(self, tags: list[MemoryTag]) -> None:
         needed = sum(self._backend.region_bytes(tag) for tag in tags)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Query
 from fastapi.responses import Response
 
-from node.api.errors import install_error_handlers
+from node.http.errors import install_error_handlers
 from node.pd.payload import CONTENT_TYPE
 from node.pd.store import HandoffStore
 

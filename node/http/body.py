@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from node.api.errors import describe_validation
 from node.errors import BadRequest, PayloadTooLarge, Unauthorized
+from node.http.errors import describe_validation
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(
-    request: Request, model: type[M], *, max_bytes: int, allow_empty: bool = False
-) -> M:
+async def read_json_object(
+    request: Request, *, max_bytes: int, allow_empty: bool = False
+) -> dict[str, Any]:
+    """The body as a JSON object: 413 past `max_bytes`, 400 unless it is one."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
@@ -41,6 +42,14 @@ async def read_body(
         raise BadRequest(f"request body is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+async def read_body(
+    request: Request, model: type[M], *, max_bytes: int, allow_empty: bool = False
+) -> M:
+    """The body validated into `model`: 400 naming the bad fields."""
+    value = await read_json_object(request, max_bytes=max_bytes, allow_empty=allow_empty)
     try:
         return model.model_validate(value)
     except ValidationError as error:
