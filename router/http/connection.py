@@ -39,18 +39,24 @@ class ConnectionState(Enum):
     DRAINED = "drained"  # the stream's body ended; its owner has not closed the stream yet
     CLOSED = "closed"
 
+    # Members are singletons, equal only to themselves: hash them by identity, in C (Enum's
+    # own hash is Python code, and every exchange looks states up in TRANSITIONS).
+    __hash__ = object.__hash__
+
+
+# The members by name: a class attribute of an Enum costs a Python-level lookup per use.
+NEW, IDLE, ACTIVE, STREAMING, DRAINED, CLOSED = ConnectionState
 
 TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    ConnectionState.NEW: frozenset({ConnectionState.IDLE, ConnectionState.CLOSED}),
-    ConnectionState.IDLE: frozenset({ConnectionState.ACTIVE, ConnectionState.CLOSED}),
-    ConnectionState.ACTIVE: frozenset(
-        {ConnectionState.IDLE, ConnectionState.STREAMING, ConnectionState.CLOSED}),
-    ConnectionState.STREAMING: frozenset({ConnectionState.DRAINED, ConnectionState.CLOSED}),
-    ConnectionState.DRAINED: frozenset({ConnectionState.IDLE, ConnectionState.CLOSED}),
-    ConnectionState.CLOSED: frozenset(),
+    NEW: frozenset({IDLE, CLOSED}),
+    IDLE: frozenset({ACTIVE, CLOSED}),
+    ACTIVE: frozenset({IDLE, STREAMING, CLOSED}),
+    STREAMING: frozenset({DRAINED, CLOSED}),
+    DRAINED: frozenset({IDLE, CLOSED}),
+    CLOSED: frozenset(),
 }
 # Where a lost connection fails the exchange it carries.
-_READING = frozenset({ConnectionState.ACTIVE, ConnectionState.STREAMING})
+_READING = frozenset({ACTIVE, STREAMING})
 
 
 class InvalidTransition(RuntimeError):
@@ -75,8 +81,8 @@ class ConnectionPool(Protocol):
 class _Exchange:
     """One request on a connection and what has been read of its reply."""
 
-    __slots__ = ("body", "content_type", "limit", "max_body", "max_error_body", "reply",
-                 "size", "sleeping", "started", "stream", "streaming", "timer")
+    __slots__ = ("body", "content_type", "keep_alive", "limit", "max_body", "max_error_body",
+                 "reply", "size", "sleeping", "started", "stream", "streaming", "timer")
 
     def __init__(self, reply: asyncio.Future[NodeReply | NodeStream], timer: asyncio.TimerHandle,
                  streaming: bool, max_body: int, max_error_body: int) -> None:
@@ -88,6 +94,9 @@ class _Exchange:
         self.started = time.perf_counter()
         self.stream: NodeStream | None = None
         self.limit = 0  # max_body or max_error_body, once the status is known
+        # Whether the reply lets the connection carry another exchange, read with its head:
+        # the parser forgets it once the message is complete, before a stream's owner is done.
+        self.keep_alive = False
         self.body: list[bytes] = []
         self.size = 0
         self.content_type = b""
@@ -100,12 +109,15 @@ class _Exchange:
 
 
 class Connection(asyncio.Protocol):
+    """The protocol of one node connection: asyncio's and httptools' callbacks drive it
+    through `ConnectionState`."""
+
     def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
         self._pool = pool
         self._origin = origin
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._state = ConnectionState.NEW
+        self._state = NEW
         self._exchange: _Exchange | None = None
         self._paused = False  # reading paused: a stream's client does not keep up
 
@@ -124,11 +136,11 @@ class Connection(asyncio.Protocol):
     ) -> asyncio.Future[NodeReply | NodeStream]:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[NodeReply | NodeStream] = loop.create_future()
-        if self._state is ConnectionState.CLOSED:  # lost between connecting and sending
+        if self._state is CLOSED:  # lost between connecting and sending
             reply.set_exception(ConnectionReset(
                 "ServerDisconnectedError: the node closed the connection"))
             return reply
-        self._become(ConnectionState.ACTIVE)
+        self._become(ACTIVE)
         exchange = self._exchange = _Exchange(
             reply, loop.call_at(deadline, self._timed_out), streaming, max_body, max_error_body)
         reply.add_done_callback(lambda _: self._left(exchange))
@@ -145,8 +157,9 @@ class Connection(asyncio.Protocol):
         self._close()
 
     def finish_stream(self, *, keep: bool) -> None:
-        if keep and self._state is ConnectionState.DRAINED:
-            self._done()
+        exchange = self._exchange
+        if keep and exchange is not None and self._state is DRAINED:
+            self._done(exchange)
         else:
             self._close()
 
@@ -157,7 +170,7 @@ class Connection(asyncio.Protocol):
 
     def resume(self) -> None:
         if self._paused and self._transport is not None and \
-                self._state is not ConnectionState.CLOSED:
+                self._state is not CLOSED:
             self._paused = False
             self._transport.resume_reading()
 
@@ -178,14 +191,12 @@ class Connection(asyncio.Protocol):
         elif not exchange.reply.done():
             exchange.reply.set_exception(exc)
 
-    def _done(self) -> None:
-        """The exchange is over: back to the pool if the connection can carry another."""
-        exchange = self._exchange
-        if exchange is not None:
-            exchange.stop_timer()
+    def _done(self, exchange: _Exchange) -> None:
+        """`exchange` is over: back to the pool if the connection can carry another."""
+        exchange.stop_timer()
         self._exchange = None
-        if self._parser.should_keep_alive():
-            self._become(ConnectionState.IDLE)
+        if exchange.keep_alive:
+            self._become(IDLE)
             self.resume()  # a stream may have paused it before its end
             self._pool.release(self._origin, self)
         else:
@@ -196,8 +207,8 @@ class Connection(asyncio.Protocol):
         if exchange is not None:
             exchange.stop_timer()
             self._exchange = None
-        if self._state is not ConnectionState.CLOSED:
-            self._become(ConnectionState.CLOSED)
+        if self._state is not CLOSED:
+            self._become(CLOSED)
             if self._transport is not None:
                 self._transport.close()
 
@@ -205,7 +216,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        self._become(ConnectionState.IDLE)
+        self._become(IDLE)
 
     def data_received(self, data: bytes) -> None:
         if self._state not in _READING:
@@ -216,7 +227,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(TransportError("ProtocolError: the node upgraded the connection"))
         except httptools.HttpParserError as exc:
-            if self._state is not ConnectionState.CLOSED:  # a cap we hit closes it mid-parse
+            if self._state is not CLOSED:  # a cap we hit closes it mid-parse
                 self._fail(TransportError(f"ProtocolError: {exc}"))
 
     def eof_received(self) -> bool | None:
@@ -252,9 +263,10 @@ class Connection(asyncio.Protocol):
             return
         status = self._parser.get_status_code()
         ok = 200 <= status < 300
+        exchange.keep_alive = self._parser.should_keep_alive()
         exchange.limit = exchange.max_body if ok else exchange.max_error_body
         if ok and exchange.streaming:
-            self._become(ConnectionState.STREAMING)
+            self._become(STREAMING)
             stream = exchange.stream = NodeStream(
                 self, status, exchange.content_type.decode("latin-1") or "text/event-stream")
             if not exchange.reply.done():
@@ -278,7 +290,7 @@ class Connection(asyncio.Protocol):
             return
         if exchange.stream is not None:
             exchange.stop_timer()
-            self._become(ConnectionState.DRAINED)
+            self._become(DRAINED)
             exchange.stream.end()
         else:
             self._answer(exchange, truncated=False)
@@ -299,6 +311,6 @@ class Connection(asyncio.Protocol):
         if truncated:
             self._close()  # drop the connection instead of reading the rest of the body
         else:
-            self._done()
+            self._done(exchange)
         if not exchange.reply.done():
             exchange.reply.set_result(result)

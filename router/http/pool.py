@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from router.http.connection import Connection, ConnectionState
+from router.http.connection import IDLE, Connection
 from router.http.errors import transport_error
 from router.http.request import Origin, Target, parse_target
 
@@ -33,7 +33,7 @@ class NodeClient:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if conn.state is ConnectionState.IDLE:
+            if conn.state is IDLE:
                 return conn
         return None
 
