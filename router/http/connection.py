@@ -169,8 +169,7 @@ class Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume(self) -> None:
-        if self._paused and self._transport is not None and \
-                self._state is not CLOSED:
+        if self._paused and self._transport is not None and self._state is not CLOSED:
             self._paused = False
             self._transport.resume_reading()
 
