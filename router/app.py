@@ -17,6 +17,7 @@ from router import serving
 from router.config import FleetConfig
 from router.dashboard import routes as dashboard
 from router.fanout import ControlPlane, FanoutReport
+from router.http.pool import new_session
 from router.metrics import RequestCounting, RouterMetrics
 from router.operations import OperationLog
 from router.pd.proxy import GenerationProxy
@@ -26,7 +27,6 @@ from router.registry import FleetRegistry
 from router.routes import control, fleet, generate, generation_docs, methods, observability
 from router.security import AdminGuard, BodyLimitMiddleware, check_bind
 from router.state import RouterState
-from router.upstream import new_session
 
 
 def create_app(
@@ -80,10 +80,9 @@ def create_app(
             await peers.stop()
 
     app = FastAPI(title="pdfleet router", lifespan=lifespan)
-    # Inside GenerationRoutes, so it counts every route but generation (which counts itself).
+    # Added before the body limit, so the body limit wraps it. Generation requests never
+    # reach either: router.serving answers (and counts) them before ASGI.
     app.add_middleware(RequestCounting)
-    # Added before the body limit, so the body limit wraps it.
-    app.add_middleware(generate.GenerationRoutes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)

@@ -23,8 +23,9 @@ from pdfleet.vocabulary import Operation, Role
 from router.config import RouterSettings
 from router.engines import ENGINES
 from router.engines.base import ControlCall
+from router.http.errors import ConnectionRefused, TransportError
+from router.http.pool import NodeClient
 from router.registry import FleetRegistry, Node
-from router.upstream import ConnectionRefused, NodeClient, TransportError
 
 ROLLBACK_OPERATION = Operation.RESUME
 

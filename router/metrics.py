@@ -127,8 +127,8 @@ class RouterMetrics:
 class RequestCounting:
     """ASGI middleware counting the requests it sees in `pdfleet_router_requests_total`.
 
-    It sits inside `GenerationRoutes`, so it sees every route but the generation routes,
-    which count themselves. The route label is the matched route's path template; requests
+    It sees every route but the generation routes, which `router.serving` answers (and
+    counts) before ASGI. The route label is the matched route's path template; requests
     that match no route share `other`, so that scanners cannot grow the series without bound.
     """
 

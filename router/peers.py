@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pdfleet.retry import RetryPolicy, retry
 from router.config import NodeSpec
 from router.fanout import ControlPlane, ControlRequest, FanoutReport, OperationInProgress
 from router.registry import FleetRegistry, Health, Node, RecordedControl
@@ -187,13 +188,18 @@ class Peers:
         if self._place is None:
             yield
             return
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + MEMBERSHIP_WAIT_S
-        while (lock := _try_flock(self._place.members_lock)) is None:
-            if loop.time() > give_up:
+        members_lock = self._place.members_lock
+
+        async def take() -> int:
+            lock = _try_flock(members_lock)
+            if lock is None:
                 raise MembershipBusy(
                     f"another worker's node change did not finish within {MEMBERSHIP_WAIT_S} s")
-            await asyncio.sleep(0.01)  # the holder finishes within one acked round
+            return lock
+
+        # The holder finishes within one acked round: poll its lock, an flock gives no event.
+        lock = await retry(take, RetryPolicy(on=(MembershipBusy,), waits=(0.01,)),
+                           asyncio.get_running_loop().time() + MEMBERSHIP_WAIT_S)
         try:
             yield
         finally:
@@ -218,14 +224,10 @@ class Peers:
         """Return once worker `index` accepts on its channel. Another process's socket
         gives no event to wait on, so poll it."""
         assert self._place is not None
-        while True:
-            try:
-                _, writer = await asyncio.open_unix_connection(self._place.channel(index))
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return
+        channel = self._place.channel(index)
+        _, writer = await retry(lambda: asyncio.open_unix_connection(channel),
+                                RetryPolicy(on=(OSError,), waits=(0.05,)))
+        writer.close()
 
     async def _broadcast(self, message: dict[str, Any]) -> None:
         """Send `message` to every peer and wait for their acks, each bounded."""

@@ -14,8 +14,8 @@ import time
 
 from router.config import RouterSettings
 from router.engines import ENGINES
+from router.http.pool import NodeClient
 from router.registry import FleetRegistry, Node
-from router.upstream import NodeClient
 
 
 class StatusPoller:

@@ -3,23 +3,30 @@ its HTTP/1.1 protocol and every other request going to the FastAPI app.
 
 Why: on the generation path uvicorn's ASGI cycle (message dicts, per-header checks, a head
 and a body written separately) and the task that watches for a client disconnect cost more
-CPU than the router's own work on the request. Here uvicorn still parses the request, keeps
-the connection alive and queues pipelined requests; a generation request is then answered
-by `DirectCycle` from the parsed body, with one write per reply, and a disconnect cancels
-the task serving it straight from `connection_lost`. The same handlers serve these routes
-through ASGI (`router.routes.generate.GenerationRoutes`) wherever this protocol is not used.
+CPU than the router's own work on the request (measured: half the router's CPU per request).
+Here uvicorn still parses the request, keeps the connection alive and queues pipelined
+requests; a generation request is then answered by `DirectCycle` from the parsed body, with
+one write per reply, and a disconnect cancels the task serving it straight from
+`connection_lost`. This is the only implementation of those routes.
+
+The price is uvicorn's private API (`USED_UVICORN_API`): pyproject.toml pins the uvicorn
+versions it is tested with, and `protocol_class` refuses to start on one that lacks it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import inspect
 import logging
 from typing import Any
 
 import orjson
+import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from router.http.reply import NodeReply
 from router.pd.errors import GenerationError
 from router.pd.stream import DecodeStream
 from router.routes.generate import (
@@ -30,7 +37,6 @@ from router.routes.generate import (
 )
 from router.security import body_too_large
 from router.state import RouterState
-from router.upstream import NodeReply
 
 log = logging.getLogger("router")
 
@@ -217,12 +223,46 @@ class DirectCycle:
         cycle.on_response()
 
 
+# What this module uses of uvicorn beyond its public API: the hook that starts a request's
+# ASGI task, and the attributes it reads and sets on the protocol, the cycle and its flow.
+USED_UVICORN_API: dict[type, tuple[str, ...]] = {
+    HttpToolsProtocol: ("_start_asgi_task", "loop", "tasks"),
+    RequestResponseCycle: (
+        "scope", "transport", "flow", "default_headers", "message_event", "on_response",
+        "disconnected", "keep_alive", "waiting_for_100_continue", "body", "more_body",
+        "response_started", "response_complete"),
+    FlowControl: ("write_paused", "drain", "resume_reading"),
+}
+_HOOK_PARAMETERS = ["self", "cycle", "app"]
+
+
+class UnsupportedUvicorn(RuntimeError):
+    """The installed uvicorn lacks what the generation routes are served with."""
+
+
+def missing_uvicorn_api() -> list[str]:
+    """What `USED_UVICORN_API` names and the installed uvicorn does not have: a class
+    attribute or method, or an attribute its `__init__` sets."""
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls, names in USED_UVICORN_API.items()
+        for name in names
+        if not hasattr(cls, name) and name not in cls.__init__.__code__.co_names
+    ]
+    hook = getattr(HttpToolsProtocol, "_start_asgi_task", None)
+    if hook is not None and list(inspect.signature(hook).parameters) != _HOOK_PARAMETERS:
+        missing.append(f"HttpToolsProtocol._start_asgi_task({', '.join(_HOOK_PARAMETERS)})")
+    return missing
+
+
 def protocol_class(app: Any) -> type[HttpToolsProtocol]:
     """uvicorn's protocol, serving the generation routes of `app` (whose lifespan sets
-    `app.state.router`) directly. Without uvicorn's task hook (an older uvicorn), the plain
-    protocol: the generation routes are then served through ASGI."""
-    if not hasattr(HttpToolsProtocol, "_start_asgi_task"):
-        return HttpToolsProtocol
+    `app.state.router`) directly. Raises `UnsupportedUvicorn` if uvicorn changed under it."""
+    missing = missing_uvicorn_api()
+    if missing:
+        raise UnsupportedUvicorn(
+            f"uvicorn {uvicorn.__version__} lacks what router/serving.py serves the generation "
+            f"routes with: {', '.join(missing)}; install the uvicorn version pyproject.toml pins")
 
     class RouterProtocol(HttpToolsProtocol):
         def _start_asgi_task(self, cycle: RequestResponseCycle, asgi: Any) -> None:

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from router.config import RouterSettings
 from router.fanout import ControlPlane
+from router.http.pool import NodeClient
 from router.metrics import RouterMetrics
 from router.operations import OperationLog
 from router.pd.proxy import GenerationProxy
@@ -16,7 +17,6 @@ from router.peers import Peers
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.security import AdminGuard
-from router.upstream import NodeClient
 
 
 @dataclass

@@ -27,7 +27,8 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from router.upstream import NodeClient, call_node, new_session
+from router.http.client import call_node
+from router.http.pool import NodeClient, new_session
 from tests.procs import Router, StubNodes
 
 

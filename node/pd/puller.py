@@ -16,10 +16,12 @@ import aiohttp
 from node.admission import InflightWork
 from node.errors import HandoffFailed, HandoffTimeout, RequestAborted
 from node.pd.payload import CONTENT_TYPE, KVHandoff, decode
+from pdfleet.retry import RetryPolicy, retry
 
 _LONG_POLL_S = 10.0
-# The prefill node may not be listening yet (it is started alongside); retry that quickly.
-_CONNECT_RETRY_S = 0.1
+# The prefill node may not be listening yet (it is started alongside): retry that quickly,
+# until the pull's own timeout.
+_CONNECT_RETRY = RetryPolicy(on=(aiohttp.ClientConnectionError,), waits=(0.1,))
 _ERROR_BODY_BYTES = 500
 _DECLINE_TIMEOUT_S = 5.0
 
@@ -80,30 +82,28 @@ class KVPuller:
 
     async def _poll(self, target: BootstrapTarget) -> KVHandoff:
         session = self._get_session()
-        while True:
-            try:
-                async with session.get(target.url, params={"wait_s": str(_LONG_POLL_S)}) as reply:
-                    if reply.status == 404:
-                        continue
-                    if reply.status != 200 or reply.content_type != CONTENT_TYPE:
-                        detail = (await reply.content.read(_ERROR_BODY_BYTES)).decode(
-                            errors="replace"
-                        )
-                        raise HandoffFailed(
-                            f"prefill node {target.host}:{target.port} answered the KV pull for "
-                            f"room {target.room} with HTTP {reply.status}: {detail}",
-                            bootstrap_room=target.room,
-                        )
-                    payload = await reply.read()
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(_CONNECT_RETRY_S)
-                continue
-            try:
-                return decode(payload)
-            except (ValueError, KeyError) as error:
+        while (payload := await retry(lambda: self._ask(session, target), _CONNECT_RETRY)) is None:
+            pass  # not there yet: the prefill node held the poll as long as it may; ask again
+        try:
+            return decode(payload)
+        except (ValueError, KeyError) as error:
+            raise HandoffFailed(
+                f"malformed KV payload for room {target.room}: {error}"
+            ) from None
+
+    async def _ask(self, session: aiohttp.ClientSession, target: BootstrapTarget) -> bytes | None:
+        """One long poll: the room's KV payload, or None if it has not arrived yet."""
+        async with session.get(target.url, params={"wait_s": str(_LONG_POLL_S)}) as reply:
+            if reply.status == 404:
+                return None
+            if reply.status != 200 or reply.content_type != CONTENT_TYPE:
+                detail = (await reply.content.read(_ERROR_BODY_BYTES)).decode(errors="replace")
                 raise HandoffFailed(
-                    f"malformed KV payload for room {target.room}: {error}"
-                ) from None
+                    f"prefill node {target.host}:{target.port} answered the KV pull for "
+                    f"room {target.room} with HTTP {reply.status}: {detail}",
+                    bootstrap_room=target.room,
+                )
+            return await reply.read()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:

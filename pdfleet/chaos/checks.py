@@ -9,7 +9,7 @@ from typing import Any
 from pdfleet.chaos.scenario import Bounds, NodeFailure, StepExpect
 
 ERROR_KINDS = ("refused", "reset", "timeout", "other")
-# How the router's `error` strings (router/upstream.py: exception class and message) read,
+# How the router's `error` strings (router/http/errors.py: exception class and message) read,
 # for replies that carry no machine-readable `kind`.
 _ERROR_MARKERS = (
     ("refused", ("ConnectionRefused", "ClientConnectorError", "Connect call failed",

@@ -2,7 +2,7 @@
 
 An engine adapter turns one control operation (release, resume, flush) into that engine's
 own node call(s), and one status probe into what the registry records. Every call goes
-through `router.upstream.call_node`, so deadlines and capped reads are the same for every
+through `router.http.client.call_node`, so deadlines and capped reads are the same for every
 engine; a `TransportError` from it is left to the caller, who reports it as for any node.
 Adding an engine is one module with one `Engine` subclass, listed in `router/engines/__init__.py`.
 """
@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pdfleet.vocabulary import EngineName, Operation
-from router.upstream import NodeClient, NodeReply, TransportError, call_node
+from router.http.client import call_node
+from router.http.errors import TransportError
+from router.http.pool import NodeClient
+from router.http.reply import NodeReply
 
 RESULT_MAX_BYTES = 64 << 10
 PROBE_MAX_BYTES = 256 << 10

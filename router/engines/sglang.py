@@ -24,7 +24,7 @@ from router.engines.base import (
     json_object,
     json_value,
 )
-from router.upstream import TransportError
+from router.http.errors import TransportError
 
 
 def reported_tags(result: Any) -> list[str] | None:

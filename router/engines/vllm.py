@@ -26,7 +26,7 @@ from router.engines.base import (
     json_object,
     no_call,
 )
-from router.upstream import TransportError
+from router.http.errors import TransportError
 
 VLLM_TAGS = ("weights", "kv_cache")
 

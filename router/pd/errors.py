@@ -5,6 +5,15 @@ whether it is the body of an HTTP error or, once a stream has started, an SSE ev
 `data: {"error": ...}` (how OpenAI clients expect a stream to fail). A node failure adds
 the same fields the control fan-out reports: the node (`server`, `role`) and either its
 HTTP `status` with a capped `detail`, or the transport `error` (refused, reset, timeout).
+
+    GenerationError             the request itself, or the fleet (400, 405, 422, 503)
+    └── NodeError               a named node failed the request
+        ├── NodeAnswered        it answered with a non-2xx status
+        ├── ReplyTooLarge       its 2xx reply passed the router's cap
+        ├── NodeUnreachable     no complete answer came; the kind is the transport error's
+        └── NodeRefused         it did not take the request: another pair may
+            ├── NodeAsleep      it answered that it sleeps
+            └── NodeRefusedConnection (also a NodeUnreachable)
 """
 
 from __future__ import annotations
@@ -13,75 +22,100 @@ from typing import Any
 
 import orjson
 
+from router.http.errors import ConnectionRefused, FailureKind, NodeTimeout, TransportError
+from router.http.reply import NodeReply
 from router.registry import Node
-from router.upstream import ConnectionRefused, NodeReply, NodeTimeout, TransportError
 
 
 class GenerationError(Exception):
-    def __init__(
-        self, status: int, detail: str | dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
+    """A reply the client gets instead of a node's: `status`, a `message`, and `headers`
+    to send with it (`Retry-After`)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
         self.status = status
-        self.detail = detail
+        self.message = message
         self.headers = headers
 
-    @property
-    def message(self) -> str:
-        return self.detail if isinstance(self.detail, str) else str(self.detail["message"])
+    def fields(self) -> dict[str, Any]:
+        """The error object's fields, `code` aside."""
+        return {"message": self.message}
 
     def body(self) -> dict[str, Any]:
-        fields = self.detail if isinstance(self.detail, dict) else {"message": self.detail}
-        return {"error": {**fields, "code": self.status}}
+        return {"error": {**self.fields(), "code": self.status}}
 
     def sse_event(self) -> bytes:
         return b"data: " + orjson.dumps(self.body()) + b"\n\n"
 
 
-class NodeRefused(GenerationError):
-    """The node refused the connection, or said it sleeps: the request never ran there, so
-    it is safe to try another pair."""
+class NodeError(GenerationError):
+    """`node` failed the request; `what` it did completes the message."""
+
+    def __init__(self, node: Node, status: int, what: str) -> None:
+        super().__init__(status, f"{node.role.value} node {node.url} {what}")
+        self.node = node
+
+    def fields(self) -> dict[str, Any]:
+        return {"message": self.message, "server": self.node.url, "role": self.node.role.value}
 
 
-def node_answered(node: Node, reply: NodeReply) -> GenerationError:
-    """`node` answered with a non-2xx status."""
-    role = node.role.value
-    return GenerationError(reply.status, {
-        "message": f"{role} node {node.url} answered HTTP {reply.status}",
-        "server": node.url,
-        "role": role,
-        "status": reply.status,
-        "detail": reply.text(),
-    })
+def _reply_fields(reply: NodeReply) -> dict[str, Any]:
+    return {"status": reply.status, "detail": reply.text()}
 
 
-def node_asleep(node: Node, reply: NodeReply) -> NodeRefused:
-    """`node` answered that it sleeps: it did not admit the request, so another pair may."""
-    role = node.role.value
-    return NodeRefused(503, {
-        "message": f"{role} node {node.url} is sleeping",
-        "server": node.url,
-        "role": role,
-        "status": reply.status,
-        "detail": reply.text(),
-    })
+class NodeAnswered(NodeError):
+    """The node answered with a non-2xx status, relayed with its capped body."""
+
+    def __init__(self, node: Node, reply: NodeReply) -> None:
+        super().__init__(node, reply.status, f"answered HTTP {reply.status}")
+        self.reply = reply
+
+    def fields(self) -> dict[str, Any]:
+        return {**super().fields(), **_reply_fields(self.reply)}
 
 
-def node_unreachable(node: Node, exc: TransportError) -> GenerationError:
-    """No complete answer came from `node`."""
-    role = node.role.value
-    kind = NodeRefused if isinstance(exc, ConnectionRefused) else GenerationError
-    return kind(504 if isinstance(exc, NodeTimeout) else 502, {
-        "message": f"{role} node {node.url} failed: {exc}",
-        "server": node.url,
-        "role": role,
-        "error": str(exc),
-    })
+class ReplyTooLarge(NodeError):
+    def __init__(self, node: Node, limit: int) -> None:
+        super().__init__(node, 502, f"replied with more than {limit} bytes")
+        self.limit = limit
 
 
-def reply_too_large(node: Node, limit: int) -> GenerationError:
-    return GenerationError(502, {
-        "message": f"{node.role.value} node {node.url} replied with more than {limit} bytes",
-        "server": node.url,
-        "role": node.role.value,
-    })
+class NodeRefused(NodeError):
+    """The node did not take the request, so it never ran there: safe to try another pair."""
+
+
+class NodeAsleep(NodeRefused):
+    """The node answered that it sleeps (`SLEEPING_HEADER`): it did not admit the request."""
+
+    def __init__(self, node: Node, reply: NodeReply) -> None:
+        super().__init__(node, 503, "is sleeping")
+        self.reply = reply
+
+    def fields(self) -> dict[str, Any]:
+        return {**super().fields(), **_reply_fields(self.reply)}
+
+
+class NodeUnreachable(NodeError):
+    """No complete answer came from the node: 504 if the deadline passed, 502 otherwise."""
+
+    def __init__(self, node: Node, cause: TransportError) -> None:
+        super().__init__(node, 504 if isinstance(cause, NodeTimeout) else 502, f"failed: {cause}")
+        self.cause = cause
+
+    @property
+    def kind(self) -> FailureKind:
+        return self.cause.kind
+
+    def fields(self) -> dict[str, Any]:
+        return {**super().fields(), "error": str(self.cause)}
+
+    @staticmethod
+    def of(node: Node, cause: TransportError) -> NodeUnreachable:
+        """The error for `cause`: a refused connection is also a `NodeRefused`."""
+        if isinstance(cause, ConnectionRefused):
+            return NodeRefusedConnection(node, cause)
+        return NodeUnreachable(node, cause)
+
+
+class NodeRefusedConnection(NodeUnreachable, NodeRefused):
+    """The node refused the connection: the request cannot have reached it."""

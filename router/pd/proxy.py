@@ -5,11 +5,11 @@ This is the router's hot path, benchmarked against Rust routers, so it stays lea
 is parsed once by the caller and dumped once here, nothing is logged per request, and the
 only per-request objects are the two node calls.
 
-Retries: a node that refuses the connection never saw the request, and a node whose 503
-says it sleeps (another router, or an operator, put it to sleep) did not admit it; either
-way the request goes to another pair (the node is marked down or asleep and so is not placed
-again), at most `MAX_PLACEMENTS` pairs in all. Any other failure may have reached a node and
-is reported, not retried.
+Retries (`PLACEMENT_RETRY`): a node that refuses the connection never saw the request, and
+a node whose 503 says it sleeps (another router, or an operator, put it to sleep) did not
+admit it; either way (`NodeRefused`) the request goes to another pair (the node is marked down
+or asleep and so is not placed again), at most `MAX_PLACEMENTS` pairs in all, at once. Any
+other failure may have reached a node and is reported, not retried.
 """
 
 from __future__ import annotations
@@ -21,33 +21,30 @@ from typing import Any, TypeVar
 
 import orjson
 
+from pdfleet.retry import RetryPolicy, retry
 from pdfleet.vocabulary import Role
 from router.config import RouterSettings
+from router.http.client import call_node, start_call
+from router.http.errors import NodeTimeout, TransportError
+from router.http.pool import NodeClient
+from router.http.reply import NodeReply, NodeStream
 from router.pd.bootstrap import add_bootstrap
 from router.pd.errors import (
     GenerationError,
+    NodeAnswered,
+    NodeAsleep,
     NodeRefused,
-    node_answered,
-    node_asleep,
-    node_unreachable,
-    reply_too_large,
+    NodeUnreachable,
+    ReplyTooLarge,
 )
 from router.pd.placement import ClusterSleeping, NoRoute, Placement, Placer
 from router.pd.stream import DecodeStream
 from router.registry import FleetRegistry, Health, Node
-from router.upstream import (
-    NodeClient,
-    NodeReply,
-    NodeStream,
-    NodeTimeout,
-    TransportError,
-    call_node,
-    start_call,
-)
 
 R = TypeVar("R")
 
 MAX_PLACEMENTS = 3
+PLACEMENT_RETRY = RetryPolicy(on=(NodeRefused,), attempts=MAX_PLACEMENTS)
 PREFILL_REPLY_BYTES = 64 << 10  # prefill's own reply is not relayed; read it only to finish
 JSON_HEADERS = {"Content-Type": "application/json"}
 MODEL_ASKING_ORDER = (Role.DECODE, Role.MIXED, Role.PREFILL)
@@ -72,10 +69,11 @@ class GenerationProxy:
     ) -> NodeReply | DecodeStream:
         """Serve one request to `path`; `payload` is `raw` parsed. Streams come back as a
         `DecodeStream` the caller relays and closes; everything else as decode's reply."""
-        refused: NodeRefused | None = None
         deadline = self._deadline()
-        for _ in range(MAX_PLACEMENTS):
-            placement = self._place(refused)
+        refusals: list[NodeRefused] = []  # the last one explains a placement that fails
+
+        async def on_a_pair() -> NodeReply | DecodeStream:
+            placement = self._place(refusals[-1] if refusals else None)
             body = raw
             if placement.prefill is not None:
                 add_bootstrap(path, payload, placement.prefill)
@@ -85,9 +83,10 @@ class GenerationProxy:
                     return await self._open_stream(placement, path, body, deadline)
                 return await self._exchange(placement, path, body, deadline)
             except NodeRefused as exc:
-                refused = exc
-        assert refused is not None
-        raise refused
+                refusals.append(exc)
+                raise
+
+        return await retry(on_a_pair, PLACEMENT_RETRY)
 
     async def models(self) -> NodeReply:
         """`GET /v1/models` from the first node that answers; sleeping nodes still know
@@ -122,10 +121,10 @@ class GenerationProxy:
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self._timeout_s
 
-    def _failed(self, node: Node, exc: TransportError) -> GenerationError:
+    def _failed(self, node: Node, exc: TransportError) -> NodeUnreachable:
         if not isinstance(exc, NodeTimeout):  # slow is not down
             self._registry.mark_down(node, str(exc))
-        return node_unreachable(node, exc)
+        return NodeUnreachable.of(node, exc)
 
     def _start(self, node: Node, path: str, body: bytes, deadline: float, max_body: int,
                streaming: bool = False) -> asyncio.Future[NodeReply | NodeStream]:
@@ -149,7 +148,7 @@ class GenerationProxy:
 
     def _decode_reply(self, node: Node, reply: NodeReply) -> NodeReply:
         if reply.ok and reply.truncated:
-            raise reply_too_large(node, self._reply_bytes)
+            raise ReplyTooLarge(node, self._reply_bytes)
         if reply.node_sleeping:
             raise self._asleep(node, reply)
         return reply
@@ -161,12 +160,12 @@ class GenerationProxy:
         if reply.node_sleeping:
             raise self._asleep(node, reply)
         if not reply.ok:
-            raise node_answered(node, reply)
+            raise NodeAnswered(node, reply)
 
-    def _asleep(self, node: Node, reply: NodeReply) -> NodeRefused:
+    def _asleep(self, node: Node, reply: NodeReply) -> NodeAsleep:
         """`node` said it sleeps: no request goes there until a poll or a wake says otherwise."""
         self._registry.mark_asleep(node)
-        return node_asleep(node, reply)
+        return NodeAsleep(node, reply)
 
     async def _exchange(
         self, placement: Placement, path: str, body: bytes, deadline: float

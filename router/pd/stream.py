@@ -11,11 +11,12 @@ count, and the prefill call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
+from router.http.errors import TransportError
+from router.http.reply import NodeReply, NodeStream
 from router.pd.errors import GenerationError
 from router.registry import Node
-from router.upstream import NodeReply, NodeStream, TransportError
 
 Call = asyncio.Future[NodeReply | NodeStream]
 
@@ -25,7 +26,7 @@ FailureReporter = Callable[[Node, TransportError], GenerationError]
 
 class PrefillFailed(Exception):
     def __init__(self, error: GenerationError) -> None:
-        super().__init__(error.detail)
+        super().__init__(error.message)
         self.error = error
 
 
@@ -66,26 +67,16 @@ class DecodeStream:
 
         prefill.add_done_callback(on_done)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._stream.chunks():
-                yield chunk
-        except (PrefillFailed, TransportError) as exc:
-            yield self._error_event(exc)
-
     async def pipe(self, write: Callable[[bytes], bool],
                    drained: Callable[[], Awaitable[None]]) -> None:
-        """The stream through `write` as it arrives (`NodeStream.pipe`), ended the same way
-        as `chunks()`: a failure becomes a last SSE error event."""
+        """The stream through `write` as it arrives (`NodeStream.pipe`); a failure of
+        either node becomes a last SSE error event."""
         try:
             await self._stream.pipe(write, drained)
-        except (PrefillFailed, TransportError) as exc:
-            write(self._error_event(exc))
-
-    def _error_event(self, exc: PrefillFailed | TransportError) -> bytes:
-        if isinstance(exc, PrefillFailed):
-            return exc.error.sse_event()
-        return self._failed(self.node, exc).sse_event()
+        except PrefillFailed as exc:
+            write(exc.error.sse_event())
+        except TransportError as exc:
+            write(self._failed(self.node, exc).sse_event())
 
     def close(self) -> None:
         if self._closed:

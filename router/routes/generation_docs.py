@@ -1,7 +1,7 @@
 """The generation routes as the OpenAPI document shows them.
 
-`POST /generate`, `/v1/completions` and `/v1/chat/completions` are served by the
-`GenerationRoutes` middleware (router/routes/generate.py) before FastAPI routing, so the
+`POST /generate`, `/v1/completions` and `/v1/chat/completions` are served by
+`router.serving` straight from uvicorn's protocol, before the app sees them, so the
 declarations here are never called: they exist so the published document describes those
 routes, their bodies and their error replies.
 """
@@ -61,12 +61,14 @@ MODELS_REPLIES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _served_by_middleware() -> None:
-    """Never called: router.routes.generate.GenerationRoutes answers first."""
+async def _served_by_protocol() -> None:
+    """Never called while `router.serving`'s protocol serves the app; an app served any
+    other way fails loudly here rather than answering generation requests with nothing."""
+    raise RuntimeError("the generation routes are served only by router.serving's protocol")
 
 
 for _path in ("/generate", "/v1/completions", "/v1/chat/completions"):
     router.add_api_route(
-        _path, _served_by_middleware, methods=["POST"], name=_path.strip("/"),
+        _path, _served_by_protocol, methods=["POST"], name=_path.strip("/"),
         responses=GENERATION_REPLIES, openapi_extra=json_body(GenerationBody, required=True),
     )

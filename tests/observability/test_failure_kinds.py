@@ -10,14 +10,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from router.upstream import (
-    ConnectionRefused,
-    ConnectionReset,
-    NodeTimeout,
-    TransportError,
-    call_node,
-    new_session,
-)
+from router.http.client import call_node
+from router.http.errors import ConnectionRefused, ConnectionReset, NodeTimeout, TransportError
+from router.http.pool import new_session
 from tests.procs import closed_port
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,6 +1,7 @@
 """The generation routes' HTTP layer (router/serving.py): HTTP/1.1 as clients use it —
 keep-alive, pipelining, `Expect: 100-continue`, wrong method — on a real router over stub
-nodes, spoken over a raw socket so nothing hides what goes on the wire."""
+nodes, spoken over a raw socket so nothing hides what goes on the wire; and the private
+uvicorn API it is built on, checked so that a uvicorn change fails here, not in production."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import asyncio
 import json
 
 import pytest
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from router.serving import UnsupportedUvicorn, missing_uvicorn_api, protocol_class
 from tests.router.pd_support import pd_fleet
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,5 +86,39 @@ async def test_generation_route_with_another_method_is_405_naming_post(fleet_rou
         status, headers, body = await read_reply(reader)
         assert status == 405 and headers["allow"] == "POST"
         assert json.loads(body)["error"]["message"] == "/v1/chat/completions takes POST"
+    finally:
+        writer.close()
+
+
+def test_the_installed_uvicorn_has_the_private_api_the_generation_routes_use() -> None:
+    assert missing_uvicorn_api() == []
+    protocol = protocol_class(FastAPI())
+    assert issubclass(protocol, HttpToolsProtocol)
+    assert protocol._start_asgi_task is not HttpToolsProtocol._start_asgi_task
+
+
+@pytest.mark.parametrize(("cls", "name"), [(HttpToolsProtocol, "_start_asgi_task"),
+                                           (RequestResponseCycle, "on_response")])
+def test_a_uvicorn_without_that_api_is_refused_at_start(monkeypatch, cls, name) -> None:
+    # A uvicorn of another shape, as far as the router can tell.
+    if name in cls.__dict__:
+        monkeypatch.delattr(cls, name)
+    else:
+        init = cls.__init__
+        monkeypatch.setattr(cls, "__init__", lambda self, *a, **k: init(self, *a, **k))
+    with pytest.raises(UnsupportedUvicorn, match=f"{cls.__name__}.{name}"):
+        protocol_class(FastAPI())
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions"])
+async def test_generation_through_pdfleet_router_is_served_by_the_direct_path(fleet_router, path):
+    # The app's own declarations of these routes (generation_docs) fail with a 500: the
+    # node's reply can come only from the direct path.
+    reader, writer = await asyncio.open_connection("127.0.0.1", fleet_router.port)
+    try:
+        writer.write(post(path))
+        status, headers, body = await read_reply(reader)
+        assert status == 200 and headers["content-type"].startswith("application/json")
+        assert "served_by" in json.loads(body)  # what the stub node answered
     finally:
         writer.close()
