@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel
+
 from pdfleet.vocabulary import DEFAULT_ENGINE, MEMORY_TAGS, EngineName, Operation, Role
 from router.config import NodeSpec
+from router.control.outcome import Answered, NodeOutcome, NoOp, TransportFailed, Unsupported
 
 
 class Health(StrEnum):
@@ -74,8 +77,7 @@ class Node:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedControl:
+class RecordedControl(BaseModel, frozen=True):
     """What a control operation (and any refresh of the node right after it) left recorded
     about one node: what the router's other worker processes adopt, so they see the node
     as this one does. Only this process's own traffic (`outstanding`) is left out."""
@@ -92,7 +94,7 @@ class RecordedControl:
     latency_ms: float | None
 
 
-def tags_after(op: str, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
+def tags_after(op: Operation, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
     """What a node has released after `op` with `tags`, when its reply does not say."""
     if op == Operation.RELEASE:
         return frozenset(MEMORY_TAGS) if tags is None else current | set(tags)
@@ -128,31 +130,34 @@ class FleetRegistry:
         return [n for n in self._nodes.values() if role is None or n.role is role]
 
     def record_control(
-        self,
-        node: Node,
-        op: str,
-        tags: list[str] | None,
-        *,
-        error: str | None,
-        reported_tags: list[str] | None = None,
-        reported_memory: dict[str, Any] | None = None,
+        self, node: Node, op: Operation, tags: list[str] | None, outcome: NodeOutcome
     ) -> None:
-        """Record a control operation's outcome on `node` at once: its released tags (as the
-        node reported them, else inferred) and, where the node reported it, its memory."""
+        """Record what `op` with `tags` did to `node`, at once: on success its released tags
+        (as the node reported them, else inferred) and, where it reported it, its memory."""
         node.version += 1
         node.last_op = op
-        node.last_error = error
-        if error is not None:
-            return
-        node.health = Health.UP
-        if reported_memory is not None:
-            node.memory = reported_memory
-        if reported_tags is not None:
-            node.released_tags = frozenset(reported_tags)
-            node.sleep_state_known = True
-        elif op != Operation.FLUSH:
-            node.released_tags = tags_after(op, node.released_tags, tags)
-            node.sleep_state_known = True
+        match outcome:
+            case TransportFailed(error=error, kind="refused"):
+                self.mark_down(node, error)
+            case TransportFailed(error=error) | Unsupported(reason=error):
+                node.last_error = error
+            case Answered(ok=False, status=status, detail=detail):
+                node.last_error = f"HTTP {status}: {detail or ''}"
+            case NoOp():
+                node.last_error = None
+                node.health = Health.UP
+                node.sleep_state_known = True
+            case Answered():
+                node.last_error = None
+                node.health = Health.UP
+                if outcome.memory is not None:
+                    node.memory = outcome.memory
+                if outcome.released_tags is not None:
+                    node.released_tags = frozenset(outcome.released_tags)
+                    node.sleep_state_known = True
+                elif op != Operation.FLUSH:
+                    node.released_tags = tags_after(op, node.released_tags, tags)
+                    node.sleep_state_known = True
 
     def recorded_control(self, url: str) -> RecordedControl | None:
         node = self.get(url)

@@ -49,11 +49,10 @@ async def health() -> dict[str, str]:
 
 @router.get("/cluster/status")
 async def cluster_status(state: State) -> dict:
-    running = state.control.running or state.peers.running_operation()
+    running = state.control.running()
     return {
         "summary": state.registry.summary(),
-        "control_operation": None if running is None else {
-            "operation": running[0], "request_id": running[1]},
+        "control_operation": None if running is None else running._asdict(),
         "generated_at": time.time(),
         "nodes": [n.status_view() for n in state.registry.all()],
     }
