@@ -10,12 +10,14 @@ from typing import Annotated, Any
 
 import aiohttp
 import typer
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from pdfleet.vocabulary import Operation
 from router.control.report import ControlReport
+from router.routes.schemas import ClusterStatus
 from router.security import admin_token_from_env
 
 DEFAULT_ROUTER = "http://127.0.0.1:8000"
@@ -205,28 +207,31 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show every node's state."""
     code, body = _call_router("GET", f"{router.rstrip('/')}/cluster/status")
-    if code != 200 or not isinstance(body, dict):
+    try:
+        fleet = ClusterStatus.model_validate(body) if code == 200 else None
+    except ValidationError:
+        fleet = None
+    if fleet is None:
         err_console.print(f"[red]router refused ({code}):[/red] {body}")
         raise typer.Exit(2)
     if as_json:
         print(json.dumps(body, indent=2))
         return
-    summary = body["summary"]
-    table = Table(title=(f"{summary['total']} nodes: {summary['up']} up, {summary['down']} down, "
-                         f"{summary['sleeping']} sleeping"), box=box.SIMPLE_HEAD)
+    summary = fleet.summary
+    table = Table(title=(f"{summary.total} nodes: {summary.up} up, {summary.down} down, "
+                         f"{summary.sleeping} sleeping"), box=box.SIMPLE_HEAD)
     table.add_column("node", no_wrap=True)
     for column in ("role", "engine", "health", "asleep", "released", "memory used",
                    "in flight", "last op", "last error"):
         table.add_column(column)
-    for n in body["nodes"]:
-        memory = n["memory"] if isinstance(n["memory"], dict) else {}
-        released = n["released_tags"]
+    for n in fleet.nodes:
+        memory = n.memory if isinstance(n.memory, dict) else {}
+        released = n.released_tags
         table.add_row(
-            _node_name(n["server"]), n["role"], n.get("engine", "-"), n["health"],
-            str(n["sleeping"]),
-            ",".join(released) if isinstance(released, list) else str(released),
-            _fmt_bytes(memory.get("used_bytes")), str(n["inflight"]),
-            _short_operation(n["last_op"]), n["last_error"] or "-",
+            _node_name(n.server), n.role, n.engine, n.health, str(n.sleeping),
+            ",".join(released) if isinstance(released, list) else released,
+            _fmt_bytes(memory.get("used_bytes")), str(n.inflight),
+            _short_operation(n.last_op), n.last_error or "-",
         )
     console.print(table)
 

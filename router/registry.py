@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -56,25 +56,57 @@ class Node:
     def host(self) -> str:
         return self.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
 
-    def status_view(self) -> dict[str, Any]:
-        unknown = "unknown"
-        return {
-            "server": self.url,
-            "role": self.role.value,
-            "engine": self.engine,
-            "health": self.health.value,
-            "reachable": unknown if self.health is Health.UNKNOWN else self.health is Health.UP,
-            "sleeping": self.sleeping if self.sleep_state_known else unknown,
-            "released_tags": sorted(self.released_tags) if self.sleep_state_known else unknown,
-            "memory": self.memory if self.memory is not None else unknown,
-            "inflight": self.node_inflight if self.node_inflight is not None else unknown,
-            "outstanding": self.outstanding,
-            "last_op": self.last_op,
-            "last_error": self.last_error,
-            "checked_at": self.checked_at,
-            "latency_ms": self.latency_ms,
-            "bootstrap_port": self.bootstrap_port,
-        }
+    def status_view(self) -> NodeStatus:
+        unknown: Unknown = "unknown"
+        return NodeStatus(
+            server=self.url,
+            role=self.role,
+            engine=self.engine,
+            health=self.health,
+            reachable=unknown if self.health is Health.UNKNOWN else self.health is Health.UP,
+            sleeping=self.sleeping if self.sleep_state_known else unknown,
+            released_tags=sorted(self.released_tags) if self.sleep_state_known else unknown,
+            memory=self.memory if self.memory is not None else unknown,
+            inflight=self.node_inflight if self.node_inflight is not None else unknown,
+            outstanding=self.outstanding,
+            last_op=self.last_op,
+            last_error=self.last_error,
+            checked_at=self.checked_at,
+            latency_ms=self.latency_ms,
+            bootstrap_port=self.bootstrap_port,
+        )
+
+
+# What the router has not learned yet, in the status view.
+Unknown = Literal["unknown"]
+
+
+class NodeStatus(BaseModel):
+    """One node as `GET /cluster/status` shows it."""
+
+    server: str
+    role: Role
+    engine: EngineName
+    health: Health
+    reachable: bool | Unknown
+    sleeping: bool | Unknown
+    released_tags: list[str] | Unknown
+    memory: dict[str, Any] | Unknown
+    inflight: int | Unknown
+    outstanding: int  # requests this router process has in flight on the node
+    last_op: str | None
+    last_error: str | None
+    checked_at: float | None
+    latency_ms: float | None
+    bootstrap_port: int | None
+
+
+class FleetSummary(BaseModel):
+    total: int
+    up: int
+    down: int
+    sleeping: int
+    routable: int
 
 
 class RecordedControl(BaseModel, frozen=True):
@@ -230,12 +262,12 @@ class FleetRegistry:
         node.health = Health.DOWN
         node.last_error = error
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> FleetSummary:
         nodes = self.all()
-        return {
-            "total": len(nodes),
-            "up": sum(n.health is Health.UP for n in nodes),
-            "down": sum(n.health is Health.DOWN for n in nodes),
-            "sleeping": sum(n.sleeping for n in nodes),
-            "routable": sum(n.routable for n in nodes),
-        }
+        return FleetSummary(
+            total=len(nodes),
+            up=sum(n.health is Health.UP for n in nodes),
+            down=sum(n.health is Health.DOWN for n in nodes),
+            sleeping=sum(n.sleeping for n in nodes),
+            routable=sum(n.routable for n in nodes),
+        )

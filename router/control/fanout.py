@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pdfleet.vocabulary import REQUEST_ID_HEADER, Operation
+from pdfleet.vocabulary import REQUEST_ID_HEADER, EngineName, Operation
 from router.control.report import NodeResult
 from router.control.request import ControlRequest
 from router.engines.base import ControlCall, Engine
@@ -16,7 +16,7 @@ from router.registry import FleetRegistry, Node
 
 
 class Fanout:
-    def __init__(self, registry: FleetRegistry, engines: dict[str, Engine]) -> None:
+    def __init__(self, registry: FleetRegistry, engines: dict[EngineName, Engine]) -> None:
         self._registry = registry
         self._engines = engines
 

@@ -17,10 +17,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+from pydantic import BaseModel
 
 
-class RunningOperation(NamedTuple):
+class RunningOperation(BaseModel, frozen=True):
     operation: str
     request_id: str
 
@@ -50,7 +52,8 @@ class ControlLock(ABC):
     @contextmanager
     def hold(self, operation: str, request_id: str) -> Iterator[int]:
         """Hold the lock for one operation, yielding its sequence number."""
-        self.last_sequence = self._acquire(RunningOperation(operation, request_id))
+        self.last_sequence = self._acquire(
+            RunningOperation(operation=operation, request_id=request_id))
         try:
             yield self.last_sequence
         finally:
@@ -107,12 +110,14 @@ class WorkerControlLock(ControlLock):
         running = self._read_state().get("running")
         if not isinstance(running, dict):
             return None
-        return RunningOperation(str(running.get("operation")), str(running.get("request_id")))
+        return RunningOperation(operation=str(running.get("operation")),
+                                request_id=str(running.get("request_id")))
 
     def _acquire(self, running: RunningOperation) -> int:
         fd = try_flock(self._lock_path)
         if fd is None:
-            raise OperationInProgress(self.running() or RunningOperation("another", "unknown"))
+            raise OperationInProgress(
+                self.running() or RunningOperation(operation="another", request_id="unknown"))
         try:
             sequence = int(self._read_state().get("sequence", 0)) + 1
             self._write_state(sequence, {"operation": running.operation,

@@ -12,8 +12,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from pdfleet.vocabulary import Operation, Role
+from router.control.lock import RunningOperation
 from router.control.report import ControlFailed
 from router.control.request import LEVELS, MAX_TIMEOUT_S, MODES, ControlBody
+from router.registry import FleetSummary, NodeStatus
 
 ERROR_MEANINGS = {
     400: "The request is malformed (body, tags or query); no node was called.",
@@ -45,6 +47,13 @@ class SleepState(BaseModel):
     is_sleeping: bool = Field(description="Any node has released memory.")
     all_sleeping: bool = Field(description="Every node has released memory.")
     nodes: list[NodeSleep]
+
+
+class ClusterStatus(BaseModel):
+    summary: FleetSummary
+    control_operation: RunningOperation | None
+    generated_at: float
+    nodes: list[NodeStatus]
 
 
 def _query(name: str, schema: dict[str, Any], description: str,

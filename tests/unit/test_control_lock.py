@@ -26,7 +26,7 @@ def test_a_second_operation_is_refused_naming_the_running_one() -> None:
     with lock.hold("flush_cache", "r1"):
         with pytest.raises(OperationInProgress) as refused, lock.hold("flush_cache", "r2"):
             pass
-        assert lock.running() == RunningOperation("flush_cache", "r1")
+        assert lock.running() == RunningOperation(operation="flush_cache", request_id="r1")
     assert str(refused.value) == "another control operation is running: flush_cache (r1)"
     assert lock.running() is None
 
@@ -34,7 +34,8 @@ def test_a_second_operation_is_refused_naming_the_running_one() -> None:
 def test_a_worker_is_refused_while_another_worker_holds_the_lock(tmp_path: Path) -> None:
     first, second = workers(tmp_path, 2)
     with first.hold("release_memory_occupation", "r1"):
-        assert second.running() == RunningOperation("release_memory_occupation", "r1")
+        assert second.running() == RunningOperation(operation="release_memory_occupation",
+                                                    request_id="r1")
         with pytest.raises(OperationInProgress, match=r"release_memory_occupation \(r1\)"), \
                 second.hold("flush_cache", "r2"):
             pass
