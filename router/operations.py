@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from pdfleet.vocabulary import Operation, Role
-from router.control.report import ControlReport, NodeFailureKind, NodeResult, Outcome
+from router.control.report import ControlReport, NodeFailureKind, NodeResult, OperationOutcome
 
 OPERATIONS_KEPT = 50
 
@@ -44,7 +44,7 @@ class OperationEntry(BaseModel):
     tags: list[str] | None
     started_at: float  # wall-clock seconds
     elapsed_ms: float
-    outcome: Outcome
+    outcome: OperationOutcome
     total: int
     failed: int
     nodes: list[NodeEntry]

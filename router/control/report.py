@@ -20,7 +20,7 @@ from pdfleet.vocabulary import Operation, Role
 from router.control.outcome import Answered, NodeOutcome, NoOp, TransportFailed, Unsupported
 from router.upstream import FailureKind
 
-Outcome = Literal["success", "partial", "failure"]
+OperationOutcome = Literal["success", "partial", "failure"]
 # `http`: the node answered non-2xx; otherwise how its transport failed.
 NodeFailureKind = Literal["http"] | FailureKind
 
@@ -133,7 +133,7 @@ class ControlReport(BaseModel):
         return [*self.nodes, *self.failures]
 
     @property
-    def outcome(self) -> Outcome:
+    def outcome(self) -> OperationOutcome:
         if not self.failures:
             return "success"
         return "failure" if len(self.failures) == self.total else "partial"
