@@ -10,12 +10,15 @@ from typing import Annotated, Any
 
 import aiohttp
 import typer
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from pdfleet.configs import CHAOS_SCENARIOS, LOCAL_FLEET
 from pdfleet.vocabulary import Operation
+from router.control.report import ControlReport
+from router.routes.schemas import ClusterStatus
 from router.security import admin_token_from_env
 
 DEFAULT_ROUTER = "http://127.0.0.1:8000"
@@ -156,35 +159,27 @@ def _control(
     if timeout is not None:
         url += f"?timeout={timeout}"
     status, body = _call_router("POST", url, payload, wait_s=(timeout or 120) + 15)
-    if status == 200:
-        rows = body["nodes"]
-        failures: list[dict[str, Any]] = []
-    elif status == 502 and isinstance(body, dict) and isinstance(body.get("detail"), dict):
-        detail = body["detail"]
-        failures = detail["failures"]
-        rows = detail["nodes"]
-    else:
+    report = ControlReport.from_reply(status, body)
+    if report is None:
         detail = body.get("detail", body) if isinstance(body, dict) else body
         err_console.print(f"[red]router refused ({status}):[/red] {detail}")
         raise typer.Exit(2)
-    table = Table(title=f"{operation}: {len(rows)} ok, {len(failures)} failed",
+    table = Table(title=f"{operation}: {len(report.nodes)} ok, {len(report.failures)} failed",
                   box=box.SIMPLE_HEAD)
     table.add_column("node", no_wrap=True)
     for column in ("role", "result", "status / error", "elapsed", "freed / restored"):
         table.add_column(column)
-    for row in rows:
-        result = row.get("result") or {}
-        moved = result.get("freed_bytes", result.get("restored_bytes")) if isinstance(
-            result, dict) else None
-        table.add_row(_node_name(row["server"]), row.get("role", ""), "[green]ok[/green]",
-                      str(row.get("status", "")), f"{row.get('elapsed_ms', 0):.0f} ms",
-                      _fmt_bytes(moved))
-    for row in failures:
-        why = row.get("error") or f"{row.get('status')}: {row.get('detail', '')}"
-        table.add_row(_node_name(row["server"]), row.get("role", ""), "[red]failed[/red]", why,
-                      f"{row.get('elapsed_ms', 0):.0f} ms", "-")
+    for row in report.nodes:
+        result = row.result if isinstance(row.result, dict) else {}
+        moved = result.get("freed_bytes", result.get("restored_bytes"))
+        table.add_row(_node_name(row.server), row.role, "[green]ok[/green]",
+                      str(row.status), f"{row.elapsed_ms:.0f} ms", _fmt_bytes(moved))
+    for row in report.failures:
+        why = row.error or f"{row.status}: {row.detail or ''}"
+        table.add_row(_node_name(row.server), row.role, "[red]failed[/red]", why,
+                      f"{row.elapsed_ms:.0f} ms", "-")
     console.print(table)
-    raise typer.Exit(1 if failures else 0)
+    raise typer.Exit(1 if report.failures else 0)
 
 
 TagsOpt = Annotated[
@@ -212,28 +207,31 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show every node's state."""
     code, body = _call_router("GET", f"{router.rstrip('/')}/cluster/status")
-    if code != 200 or not isinstance(body, dict):
+    try:
+        fleet = ClusterStatus.model_validate(body) if code == 200 else None
+    except ValidationError:
+        fleet = None
+    if fleet is None:
         err_console.print(f"[red]router refused ({code}):[/red] {body}")
         raise typer.Exit(2)
     if as_json:
         print(json.dumps(body, indent=2))
         return
-    summary = body["summary"]
-    table = Table(title=(f"{summary['total']} nodes: {summary['up']} up, {summary['down']} down, "
-                         f"{summary['sleeping']} sleeping"), box=box.SIMPLE_HEAD)
+    summary = fleet.summary
+    table = Table(title=(f"{summary.total} nodes: {summary.up} up, {summary.down} down, "
+                         f"{summary.sleeping} sleeping"), box=box.SIMPLE_HEAD)
     table.add_column("node", no_wrap=True)
     for column in ("role", "engine", "health", "asleep", "released", "memory used",
                    "in flight", "last op", "last error"):
         table.add_column(column)
-    for n in body["nodes"]:
-        memory = n["memory"] if isinstance(n["memory"], dict) else {}
-        released = n["released_tags"]
+    for n in fleet.nodes:
+        memory = n.memory if isinstance(n.memory, dict) else {}
+        released = n.released_tags
         table.add_row(
-            _node_name(n["server"]), n["role"], n.get("engine", "-"), n["health"],
-            str(n["sleeping"]),
-            ",".join(released) if isinstance(released, list) else str(released),
-            _fmt_bytes(memory.get("used_bytes")), str(n["inflight"]),
-            _short_operation(n["last_op"]), n["last_error"] or "-",
+            _node_name(n.server), n.role, n.engine, n.health, str(n.sleeping),
+            ",".join(released) if isinstance(released, list) else released,
+            _fmt_bytes(memory.get("used_bytes")), str(n.inflight),
+            _short_operation(n.last_op), n.last_error or "-",
         )
     console.print(table)
 

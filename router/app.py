@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from pdfleet.vocabulary import WORKER_HEADER
 from router import serving
 from router.config import FleetConfig
+from router.control.lock import ControlLock, LocalControlLock, WorkerControlLock
+from router.control.plane import ControlPlane
 from router.dashboard import routes as dashboard
-from router.fanout import ControlPlane, FanoutReport
 from router.http.pool import new_session
 from router.metrics import RequestCounting, RouterMetrics
 from router.operations import OperationLog
@@ -37,27 +38,22 @@ def create_app(
     metrics = RouterMetrics(registry)
     operations = OperationLog()
 
+    control_lock: ControlLock = LocalControlLock() if place is None else WorkerControlLock(
+        place.control_lock, place.control_state, place.index)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        peers = Peers(registry, place, on_peer_report=operations.record)
+        peers = Peers(registry, place, control_lock, on_peer_operation=operations.record)
         await peers.start()
         session = new_session()
         poller = StatusPoller(registry, session, settings)
-
-        async def after_control(report: FanoutReport) -> None:
-            # pdfleet nodes reply with their memory after the operation, recorded with their
-            # released tags, so status never shows new tags beside regions and memory from
-            # before. Nodes that did not say (other engines, failures) are polled again now.
-            stale = [registry.get(r.server) for r in report.results if not r.reported_memory]
-            poller.refresh([n for n in stale if n is not None])
-            operations.record(report)
-            metrics.control_done(report)
-
+        control = ControlPlane(registry, session, settings, control_lock,
+                               observers=[poller, operations, metrics, peers])
         app.state.router = RouterState(
             settings=settings,
             registry=registry,
             session=session,
-            control=ControlPlane(registry, session, settings, observer=after_control),
+            control=control,
             proxy=GenerationProxy(registry, session, settings),
             poller=poller,
             admin=AdminGuard(admin_token),

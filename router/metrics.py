@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdfleet.vocabulary import MEMORY_TAGS
-from router.fanout import FanoutReport
+from router.control.report import ControlReport
 from router.registry import FleetRegistry, Health
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -108,12 +108,11 @@ class RouterMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def control_done(self, report: FanoutReport) -> None:
+    async def control_done(self, report: ControlReport) -> None:
         self.operations.labels(report.operation, report.outcome).inc()
         self.operation_duration.labels(report.operation).observe(report.elapsed_ms / 1000)
         for failure in report.failures:
-            kind = failure.kind or "other"
-            self.node_failures.labels(report.operation, failure.server, kind).inc()
+            self.node_failures.labels(report.operation, failure.server, failure.kind).inc()
 
     def exposition(self) -> bytes:
         if self._multiprocess_dir is None:

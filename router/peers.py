@@ -2,40 +2,40 @@
 
 Each worker is a full router with its own registry. What must agree across them travels over
 private channels in the router's run directory (mode 0700, so only the router's user can reach
-them; never the public port): one unix socket per worker, one JSON line per message, one
-`{"ok": true}` line back once the message is applied.
+them; never the public port): one unix socket per worker, one JSON line per message (a
+`PeerMessage`, validated on receipt), one `{"ok": true}` line back once the message is applied.
 
-- Control operations: one at a time across all workers, held by an flock on `control.lock`,
-  taken without waiting (a second operation gets 409). `control.json` names the running
-  operation for every worker's status view, with a sequence number that orders operations.
-  After the fan-out the worker sends what it recorded for each target node to every peer and
-  waits (bounded) for their acks before replying: no worker routes to a node the fleet has
-  just put to sleep, or keeps one asleep that it has just woken.
+- Control operations: one at a time across all workers (router/control/lock.py). After the
+  fan-out, `Peers` (one of the control plane's observers) sends what the worker recorded for
+  each target node to every peer and waits (bounded) for their acks before the reply: no
+  worker routes to a node the fleet has just put to sleep, or keeps one asleep that it has
+  just woken.
 - Node additions and removals: under `members.lock` (waited for, briefly), applied here, then
   sent to every peer and acked before the reply.
 
 A router of one process has no place among workers: every method reduces to the local
-registry and the control plane's own one-at-a-time rule.
+registry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
 
 from pdfleet.retry import RetryPolicy, retry
 from router.config import NodeSpec
-from router.fanout import ControlPlane, ControlRequest, FanoutReport, OperationInProgress
-from router.registry import FleetRegistry, Health, Node, RecordedControl
+from router.control.lock import ControlLock, try_flock, unlock
+from router.control.report import ControlReport
+from router.operations import OperationEntry
+from router.registry import FleetRegistry, Node, RecordedControl
 
 log = logging.getLogger("pdfleet.router.peers")
 
@@ -77,21 +77,27 @@ class MembershipBusy(Exception):
     """Another worker's node addition or removal did not finish in time."""
 
 
-def _try_flock(path: Path) -> int | None:
-    """An open descriptor holding an exclusive flock on `path`, or None if another holds it.
-    Each call opens the file anew, so two requests in one process exclude each other too."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+class ControlDone(BaseModel):
+    """A control operation another worker ran: what it recorded for each target node."""
+
+    kind: Literal["control"] = "control"
+    sequence: int
+    nodes: list[RecordedControl]
+    operation: OperationEntry
 
 
-def _unlock(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+class NodeAdded(BaseModel):
+    kind: Literal["add"] = "add"
+    node: NodeSpec
+
+
+class NodeRemoved(BaseModel):
+    kind: Literal["remove"] = "remove"
+    url: str
+
+
+PeerMessage = Annotated[ControlDone | NodeAdded | NodeRemoved, Field(discriminator="kind")]
+PEER_MESSAGES: TypeAdapter[PeerMessage] = TypeAdapter(PeerMessage)
 
 
 class Peers:
@@ -99,14 +105,16 @@ class Peers:
         self,
         registry: FleetRegistry,
         place: WorkerPlace | None,
-        on_peer_report: Callable[[FanoutReport], None] | None = None,
+        control_lock: ControlLock,
+        on_peer_operation: Callable[[OperationEntry], None],
     ) -> None:
-        """`on_peer_report` gets the report of every operation run through another worker,
-        after its node states are adopted: a per-process operations log records it there
-        (metrics must not, or multiprocess counters would count it once per worker)."""
+        """`on_peer_operation` gets every operation run through another worker, after its
+        node states are adopted: a per-process operations log records it there (metrics must
+        not, or multiprocess counters would count it once per worker)."""
         self._registry = registry
         self._place = place
-        self._on_peer_report = on_peer_report
+        self._control_lock = control_lock
+        self._on_peer_operation = on_peer_operation
         self._server: asyncio.AbstractServer | None = None
         self._applied_sequence = 0
 
@@ -126,61 +134,27 @@ class Peers:
             self._server.close()
             await self._server.wait_closed()
 
-    def running_operation(self) -> tuple[str, str] | None:
-        """The control operation running through any worker, as `control.json` says (a
-        router of one process has only its control plane's own)."""
+    async def control_done(self, report: ControlReport) -> None:
+        """Send every peer what this worker recorded for the operation's target nodes."""
         if self._place is None:
-            return None
-        running = self._read_control_state().get("running")
-        if not isinstance(running, dict):
-            return None
-        return str(running.get("operation")), str(running.get("request_id"))
-
-    async def run_control(self, control: ControlPlane, request: ControlRequest) -> FanoutReport:
-        """Run `request` through this worker's control plane, once no other worker runs
-        one, and return its report once every peer has what it recorded."""
-        place = self._place
-        if place is None:
-            return await control.run(request)
-        lock = _try_flock(place.control_lock)
-        if lock is None:
-            raise OperationInProgress(*(self.running_operation() or ("another", "unknown")))
-        try:
-            sequence = int(self._read_control_state().get("sequence", 0)) + 1
-            self._applied_sequence = sequence
-            request_id = uuid.uuid4().hex
-            self._write_control_state(sequence, {
-                "operation": request.operation, "request_id": request_id,
-                "worker": place.index})
-            # The nodes the fan-out targets: read before it starts, as the control plane does.
-            targets = [node.url for node in self._registry.with_role(request.role)]
-            report: FanoutReport | None = None
-            try:
-                report = await control.run(request, request_id=request_id)
-                return report
-            finally:
-                recorded = [self._registry.recorded_control(url) for url in targets]
-                await self._broadcast({
-                    "kind": "control", "sequence": sequence,
-                    "nodes": [asdict(r) for r in recorded if r is not None],
-                    "report": None if report is None else report.model_dump(mode="json")})
-                self._write_control_state(sequence, None)
-        finally:
-            _unlock(lock)
+            return
+        recorded = [self._registry.recorded_control(r.server) for r in report.results]
+        await self._broadcast(ControlDone(
+            sequence=report.sequence, nodes=[r for r in recorded if r is not None],
+            operation=OperationEntry.of(report)))
 
     async def add_node(self, spec: NodeSpec) -> Node:
         """Add a node on every worker; KeyError if it is registered already."""
         async with self._membership():
             node = self._registry.add(spec)
-            await self._broadcast({
-                "kind": "add", "node": spec.model_dump(mode="json", exclude={"launch"})})
+            await self._broadcast(NodeAdded(node=spec))
             return node
 
     async def remove_node(self, url: str) -> Node:
         """Remove a node on every worker; KeyError if it is not registered."""
         async with self._membership():
             node = self._registry.remove(url)
-            await self._broadcast({"kind": "remove", "url": node.url})
+            await self._broadcast(NodeRemoved(url=node.url))
             return node
 
     @asynccontextmanager
@@ -191,7 +165,7 @@ class Peers:
         members_lock = self._place.members_lock
 
         async def take() -> int:
-            lock = _try_flock(members_lock)
+            lock = try_flock(members_lock)
             if lock is None:
                 raise MembershipBusy(
                     f"another worker's node change did not finish within {MEMBERSHIP_WAIT_S} s")
@@ -203,22 +177,7 @@ class Peers:
         try:
             yield
         finally:
-            _unlock(lock)
-
-    def _read_control_state(self) -> dict[str, Any]:
-        assert self._place is not None
-        try:
-            state = json.loads(self._place.control_state.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
-
-    def _write_control_state(self, sequence: int, running: dict[str, Any] | None) -> None:
-        assert self._place is not None
-        path = self._place.control_state
-        partial = path.with_suffix(f".{self._place.index}.tmp")
-        partial.write_text(json.dumps({"sequence": sequence, "running": running}))
-        os.replace(partial, path)  # readers never see half a file
+            unlock(lock)
 
     async def _channel_up(self, index: int) -> None:
         """Return once worker `index` accepts on its channel. Another process's socket
@@ -229,11 +188,11 @@ class Peers:
                                 RetryPolicy(on=(OSError,), waits=(0.05,)))
         writer.close()
 
-    async def _broadcast(self, message: dict[str, Any]) -> None:
+    async def _broadcast(self, message: PeerMessage) -> None:
         """Send `message` to every peer and wait for their acks, each bounded."""
         if self._place is None:
             return
-        line = json.dumps(message).encode() + b"\n"
+        line = message.model_dump_json().encode() + b"\n"
         peers = self._place.peers
         outcomes = await asyncio.gather(
             *(asyncio.wait_for(self._send(i, line), ACK_TIMEOUT_S) for i in peers),
@@ -241,7 +200,7 @@ class Peers:
         for index, outcome in zip(peers, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.warning("worker %d did not acknowledge %s: %r",
-                            index, message["kind"], outcome)
+                            index, message.kind, outcome)
 
     async def _send(self, index: int, line: bytes) -> None:
         assert self._place is not None
@@ -260,32 +219,27 @@ class Peers:
         try:
             line = await reader.readline()
             if line:
-                self._apply(json.loads(line))
+                self._apply(PEER_MESSAGES.validate_json(line))
                 writer.write(b'{"ok": true}\n')
                 await writer.drain()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             log.warning("peer message not applied: %r", exc)
         finally:
             writer.close()
 
-    def _apply(self, message: dict[str, Any]) -> None:
-        kind = message["kind"]
-        if kind == "control":
-            if message["sequence"] <= self._applied_sequence:
-                return  # a late message of an earlier operation
-            self._applied_sequence = message["sequence"]
-            for recorded in message["nodes"]:
-                self._registry.adopt_control(RecordedControl(**{
-                    **recorded, "health": Health(recorded["health"]),
-                    "released_tags": tuple(recorded["released_tags"])}))
-            if message["report"] is not None and self._on_peer_report is not None:
-                self._on_peer_report(FanoutReport.model_validate(message["report"]))
-        elif kind == "add":
-            spec = NodeSpec.model_validate(message["node"])
-            if self._registry.get(spec.url) is None:
-                self._registry.add(spec)
-        elif kind == "remove":
-            if self._registry.get(message["url"]) is not None:
-                self._registry.remove(message["url"])
-        else:
-            raise KeyError(f"unknown message kind {kind!r}")
+    def _apply(self, message: PeerMessage) -> None:
+        match message:
+            case ControlDone():
+                latest = max(self._applied_sequence, self._control_lock.last_sequence)
+                if message.sequence <= latest:
+                    return  # a late message of an earlier operation
+                self._applied_sequence = message.sequence
+                for recorded in message.nodes:
+                    self._registry.adopt_control(recorded)
+                self._on_peer_operation(message.operation)
+            case NodeAdded(node=spec):
+                if self._registry.get(spec.url) is None:
+                    self._registry.add(spec)
+            case NodeRemoved(url=url):
+                if self._registry.get(url) is not None:
+                    self._registry.remove(url)

@@ -13,6 +13,7 @@ import asyncio
 import time
 
 from router.config import RouterSettings
+from router.control.report import ControlReport
 from router.engines import ENGINES
 from router.http.pool import NodeClient
 from router.registry import FleetRegistry, Node
@@ -47,6 +48,13 @@ class StatusPoller:
         task = asyncio.ensure_future(asyncio.gather(*(self.poll(n) for n in nodes)))
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)
+
+    async def control_done(self, report: ControlReport) -> None:
+        # pdfleet nodes reply with their memory after the operation, recorded with their
+        # released tags, so status never shows new tags beside regions and memory from
+        # before. Nodes that did not say (other engines, failures) are polled again now.
+        stale = [self._registry.get(r.server) for r in report.results if not r.reported_memory]
+        self.refresh([n for n in stale if n is not None])
 
     async def _loop(self) -> None:
         while True:

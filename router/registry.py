@@ -11,10 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from pdfleet.vocabulary import DEFAULT_ENGINE, MEMORY_TAGS, EngineName, Operation, Role
 from router.config import NodeSpec
+from router.control.outcome import Answered, NodeOutcome, NoOp, TransportFailed, Unsupported
 
 
 class Health(StrEnum):
@@ -53,29 +56,60 @@ class Node:
     def host(self) -> str:
         return self.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
 
-    def status_view(self) -> dict[str, Any]:
-        unknown = "unknown"
-        return {
-            "server": self.url,
-            "role": self.role.value,
-            "engine": self.engine,
-            "health": self.health.value,
-            "reachable": unknown if self.health is Health.UNKNOWN else self.health is Health.UP,
-            "sleeping": self.sleeping if self.sleep_state_known else unknown,
-            "released_tags": sorted(self.released_tags) if self.sleep_state_known else unknown,
-            "memory": self.memory if self.memory is not None else unknown,
-            "inflight": self.node_inflight if self.node_inflight is not None else unknown,
-            "outstanding": self.outstanding,
-            "last_op": self.last_op,
-            "last_error": self.last_error,
-            "checked_at": self.checked_at,
-            "latency_ms": self.latency_ms,
-            "bootstrap_port": self.bootstrap_port,
-        }
+    def status_view(self) -> NodeStatus:
+        unknown: Unknown = "unknown"
+        return NodeStatus(
+            server=self.url,
+            role=self.role,
+            engine=self.engine,
+            health=self.health,
+            reachable=unknown if self.health is Health.UNKNOWN else self.health is Health.UP,
+            sleeping=self.sleeping if self.sleep_state_known else unknown,
+            released_tags=sorted(self.released_tags) if self.sleep_state_known else unknown,
+            memory=self.memory if self.memory is not None else unknown,
+            inflight=self.node_inflight if self.node_inflight is not None else unknown,
+            outstanding=self.outstanding,
+            last_op=self.last_op,
+            last_error=self.last_error,
+            checked_at=self.checked_at,
+            latency_ms=self.latency_ms,
+            bootstrap_port=self.bootstrap_port,
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedControl:
+# What the router has not learned yet, in the status view.
+Unknown = Literal["unknown"]
+
+
+class NodeStatus(BaseModel):
+    """One node as `GET /cluster/status` shows it."""
+
+    server: str
+    role: Role
+    engine: EngineName
+    health: Health
+    reachable: bool | Unknown
+    sleeping: bool | Unknown
+    released_tags: list[str] | Unknown
+    memory: dict[str, Any] | Unknown
+    inflight: int | Unknown
+    outstanding: int  # requests this router process has in flight on the node
+    last_op: str | None
+    last_error: str | None
+    checked_at: float | None
+    latency_ms: float | None
+    bootstrap_port: int | None
+
+
+class FleetSummary(BaseModel):
+    total: int
+    up: int
+    down: int
+    sleeping: int
+    routable: int
+
+
+class RecordedControl(BaseModel, frozen=True):
     """What a control operation (and any refresh of the node right after it) left recorded
     about one node: what the router's other worker processes adopt, so they see the node
     as this one does. Only this process's own traffic (`outstanding`) is left out."""
@@ -92,7 +126,7 @@ class RecordedControl:
     latency_ms: float | None
 
 
-def tags_after(op: str, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
+def tags_after(op: Operation, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
     """What a node has released after `op` with `tags`, when its reply does not say."""
     if op == Operation.RELEASE:
         return frozenset(MEMORY_TAGS) if tags is None else current | set(tags)
@@ -128,31 +162,34 @@ class FleetRegistry:
         return [n for n in self._nodes.values() if role is None or n.role is role]
 
     def record_control(
-        self,
-        node: Node,
-        op: str,
-        tags: list[str] | None,
-        *,
-        error: str | None,
-        reported_tags: list[str] | None = None,
-        reported_memory: dict[str, Any] | None = None,
+        self, node: Node, op: Operation, tags: list[str] | None, outcome: NodeOutcome
     ) -> None:
-        """Record a control operation's outcome on `node` at once: its released tags (as the
-        node reported them, else inferred) and, where the node reported it, its memory."""
+        """Record what `op` with `tags` did to `node`, at once: on success its released tags
+        (as the node reported them, else inferred) and, where it reported it, its memory."""
         node.version += 1
         node.last_op = op
-        node.last_error = error
-        if error is not None:
-            return
-        node.health = Health.UP
-        if reported_memory is not None:
-            node.memory = reported_memory
-        if reported_tags is not None:
-            node.released_tags = frozenset(reported_tags)
-            node.sleep_state_known = True
-        elif op != Operation.FLUSH:
-            node.released_tags = tags_after(op, node.released_tags, tags)
-            node.sleep_state_known = True
+        match outcome:
+            case TransportFailed(error=error, kind="refused"):
+                self.mark_down(node, error)
+            case TransportFailed(error=error) | Unsupported(reason=error):
+                node.last_error = error
+            case Answered(ok=False, status=status, detail=detail):
+                node.last_error = f"HTTP {status}: {detail or ''}"
+            case NoOp():
+                node.last_error = None
+                node.health = Health.UP
+                node.sleep_state_known = True
+            case Answered():
+                node.last_error = None
+                node.health = Health.UP
+                if outcome.memory is not None:
+                    node.memory = outcome.memory
+                if outcome.released_tags is not None:
+                    node.released_tags = frozenset(outcome.released_tags)
+                    node.sleep_state_known = True
+                elif op != Operation.FLUSH:
+                    node.released_tags = tags_after(op, node.released_tags, tags)
+                    node.sleep_state_known = True
 
     def recorded_control(self, url: str) -> RecordedControl | None:
         node = self.get(url)
@@ -225,12 +262,12 @@ class FleetRegistry:
         node.health = Health.DOWN
         node.last_error = error
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> FleetSummary:
         nodes = self.all()
-        return {
-            "total": len(nodes),
-            "up": sum(n.health is Health.UP for n in nodes),
-            "down": sum(n.health is Health.DOWN for n in nodes),
-            "sleeping": sum(n.sleeping for n in nodes),
-            "routable": sum(n.routable for n in nodes),
-        }
+        return FleetSummary(
+            total=len(nodes),
+            up=sum(n.health is Health.UP for n in nodes),
+            down=sum(n.health is Health.DOWN for n in nodes),
+            sleeping=sum(n.sleeping for n in nodes),
+            routable=sum(n.routable for n in nodes),
+        )

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from router.config import RouterSettings
-from router.fanout import ControlPlane
+from router.control.plane import ControlPlane
 from router.http.pool import NodeClient
 from router.metrics import RouterMetrics
 from router.operations import OperationLog

@@ -22,6 +22,8 @@ from pdfleet.launcher import Child, LaunchError, LocalFleet, ports_in_use
 from pdfleet.ports import free_port
 from pdfleet.vocabulary import Operation, Role
 from router.config import FleetConfig, NodeSpec, RouterSettings
+from router.registry import Health, NodeStatus
+from router.routes.schemas import ClusterStatus
 from router.security import admin_token_from_env
 
 ADMIN_CALL_S = 10.0
@@ -207,11 +209,11 @@ class Fleet:
             restarted.append(name)
         return restarted
 
-    async def router_view(self) -> list[dict[str, Any]]:
+    async def router_view(self) -> list[NodeStatus]:
         status, body = await self._call("GET", f"{self.router_url}/cluster/status")
-        if status != 200 or not isinstance(body, dict):
+        if status != 200:
             raise RuntimeError(f"GET /cluster/status answered {status}: {body}")
-        return list(body["nodes"])
+        return ClusterStatus.model_validate(body).nodes
 
     async def wake(self, within_s: float) -> None:
         """Resume every node and wait until the router sees each one up and awake."""
@@ -225,8 +227,8 @@ class Fleet:
         while True:
             view = await self.router_view()
             # "sleeping" may read "unknown" for nodes without status routes (plain SGLang).
-            lagging = [n["server"] for n in view if n["server"] in wanted
-                       and (n.get("health") != "up" or n.get("sleeping") is True)]
+            lagging = [n.server for n in view if n.server in wanted
+                       and (n.health is not Health.UP or n.sleeping is True)]
             if not lagging:
                 return
             if time.monotonic() > deadline:

@@ -1,20 +1,23 @@
 """What the router asks of a node's engine, whatever its HTTP API.
 
 An engine adapter turns one control operation (release, resume, flush) into that engine's
-own node call(s), and one status probe into what the registry records. Every call goes
-through `router.http.client.call_node`, so deadlines and capped reads are the same for every
-engine; a `TransportError` from it is left to the caller, who reports it as for any node.
+own node call(s), answered as a `NodeOutcome` (router/control/outcome.py), and one status
+probe into what the registry records. Every call goes through `router.http.client.call_node`, so
+deadlines and capped reads are the same for every engine, and a `TransportError` from it is
+the same `TransportFailed` outcome whichever engine met it.
 Adding an engine is one module with one `Engine` subclass, listed in `router/engines/__init__.py`.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pdfleet.vocabulary import EngineName, Operation
+from router.control.outcome import Answered, NodeOutcome, TransportFailed
 from router.http.client import call_node
 from router.http.errors import TransportError
 from router.http.pool import NodeClient
@@ -36,25 +39,6 @@ class ControlCall:
     mode: str | None  # "abort" | "wait": what a release does with in-flight requests
     deadline: float  # event-loop time
     released_tags: frozenset[str]  # what the node had released before this call
-
-
-@dataclass(frozen=True, slots=True)
-class ControlOutcome:
-    """What the node answered, in the fan-out report's terms.
-
-    `status` None with no `error` means no call was needed (the operation is a no-op on
-    this engine); `error` without `status` means the engine cannot do what was asked, so no
-    call was made. `released_tags` is the node's state afterwards where the engine knows it;
-    None leaves it to be inferred from the operation (SPEC 3.1).
-    """
-
-    elapsed_ms: float
-    status: int | None = None
-    result: Any = None
-    detail: str | None = None
-    error: str | None = None
-    released_tags: list[str] | None = None
-    memory: dict[str, Any] | None = None  # the node's memory after the operation, if it said
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +73,12 @@ def error_message(reply: NodeReply) -> str:
     return reply.text()
 
 
+def error_answer(reply: NodeReply) -> Answered:
+    """A non-2xx reply as the node's answer."""
+    return Answered(status=reply.status, elapsed_ms=round(reply.elapsed_ms, 2),
+                    detail=error_message(reply))
+
+
 def json_object(reply: NodeReply | BaseException) -> dict[str, Any] | None:
     if isinstance(reply, BaseException) or not reply.ok:
         return None
@@ -105,9 +95,18 @@ class Engine(ABC):
         self._session = session
         self._error_detail_bytes = error_detail_bytes
 
+    async def control(self, url: str, call: ControlCall) -> NodeOutcome:
+        """Do `call` on the node at `url`."""
+        started = time.perf_counter()
+        try:
+            return await self._control(url, call)
+        except TransportError as exc:
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+            return TransportFailed(error=str(exc), kind=exc.kind, elapsed_ms=elapsed_ms)
+
     @abstractmethod
-    async def control(self, url: str, call: ControlCall) -> ControlOutcome:
-        """Do `call` on the node at `url`; a `TransportError` is left to the caller."""
+    async def _control(self, url: str, call: ControlCall) -> NodeOutcome:
+        """Do `call` on the node at `url`; a `TransportError` is left to `control`."""
 
     @abstractmethod
     async def probe(self, url: str, deadline: float,
@@ -137,11 +136,3 @@ class Engine(ABC):
             return Probe(reachable=False, error=f"HTTP {reply.status} from /health")
         return Probe(reachable=True)
 
-
-def no_call(call: ControlCall, reason: str | None = None, **result: Any) -> ControlOutcome:
-    """The outcome of an operation that needed no node call (`reason` None: the node's state
-    stays as it was) or that the engine cannot do (`reason` says why)."""
-    if reason is not None:
-        return ControlOutcome(elapsed_ms=0.0, error=reason)
-    return ControlOutcome(elapsed_ms=0.0, result=result or None,
-                          released_tags=sorted(call.released_tags))

@@ -15,12 +15,12 @@ import asyncio
 from typing import Any
 
 from pdfleet.vocabulary import MEMORY_TAGS, EngineName
+from router.control.outcome import Answered
 from router.engines.base import (
     ControlCall,
-    ControlOutcome,
     Engine,
     Probe,
-    error_message,
+    error_answer,
     json_object,
     json_value,
 )
@@ -43,21 +43,19 @@ def reported_memory(result: Any) -> dict[str, Any] | None:
 class SGLang(Engine):
     name = EngineName.SGLANG
 
-    async def control(self, url: str, call: ControlCall) -> ControlOutcome:
+    async def _control(self, url: str, call: ControlCall) -> Answered:
         body, headers = call.body, call.headers
         if not body.strip():
             # SGLang's handlers require a body (FastAPI answers 422 without one): an empty
             # request (vLLM clients send none) is the empty object, i.e. every tag.
             body, headers = b"{}", {**headers, "Content-Type": "application/json"}
         reply = await self.post(f"{url}/{call.operation}", call, body, headers)
-        elapsed = round(reply.elapsed_ms, 2)
         if not reply.ok:
-            return ControlOutcome(elapsed_ms=elapsed, status=reply.status,
-                                  detail=error_message(reply))
+            return error_answer(reply)
         result = json_value(reply)
-        return ControlOutcome(elapsed_ms=elapsed, status=reply.status, result=result,
-                              released_tags=reported_tags(result),
-                              memory=reported_memory(result))
+        return Answered(status=reply.status, elapsed_ms=round(reply.elapsed_ms, 2),
+                        result=result, released_tags=reported_tags(result),
+                        memory=reported_memory(result))
 
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:

@@ -17,15 +17,8 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from pdfleet.vocabulary import MEMORY_TAGS, EngineName, Operation
-from router.engines.base import (
-    ControlCall,
-    ControlOutcome,
-    Engine,
-    Probe,
-    error_message,
-    json_object,
-    no_call,
-)
+from router.control.outcome import Answered, NodeOutcome, NoOp, Unsupported
+from router.engines.base import ControlCall, Engine, Probe, error_answer, json_object
 from router.http.errors import TransportError
 
 VLLM_TAGS = ("weights", "kv_cache")
@@ -41,23 +34,22 @@ def _unknown(tags: list[str]) -> str | None:
 class VLLM(Engine):
     name = EngineName.VLLM
 
-    async def control(self, url: str, call: ControlCall) -> ControlOutcome:
+    async def _control(self, url: str, call: ControlCall) -> NodeOutcome:
         if call.operation is Operation.FLUSH:
             return await self._post(f"{url}/reset_prefix_cache", call, None)
         asleep = call.released_tags & set(VLLM_TAGS)
         if call.tags is not None and (reason := _unknown(call.tags)):
-            return no_call(call, reason)
+            return Unsupported(reason)
         if call.operation is Operation.RELEASE:
             return await self._sleep(url, call, asleep)
         return await self._wake_up(url, call, asleep)
 
-    async def _sleep(self, url: str, call: ControlCall, asleep: set[str]) -> ControlOutcome:
+    async def _sleep(self, url: str, call: ControlCall, asleep: set[str]) -> NodeOutcome:
         asked = set(VLLM_TAGS) if call.tags is None else set(call.tags) & set(VLLM_TAGS)
         if not asked:
-            return no_call(call, noop_tags=call.tags)
+            return NoOp({"noop_tags": call.tags})
         if asked != set(VLLM_TAGS):
-            return no_call(
-                call,
+            return Unsupported(
                 f"vLLM sleeps weights and kv_cache together: cannot release only "
                 f"{sorted(asked)}; release both (or tags null)"
             )
@@ -66,26 +58,23 @@ class VLLM(Engine):
         after = asleep or set(VLLM_TAGS)
         return await self._post(f"{url}/sleep?{urlencode(query)}", call, after)
 
-    async def _wake_up(self, url: str, call: ControlCall, asleep: set[str]) -> ControlOutcome:
+    async def _wake_up(self, url: str, call: ControlCall, asleep: set[str]) -> NodeOutcome:
         if call.tags is None:
             return await self._post(f"{url}/wake_up", call, set())
         woken = [t for t in VLLM_TAGS if t in call.tags and (not asleep or t in asleep)]
         if not woken:
-            return no_call(call, noop_tags=call.tags)
+            return NoOp({"noop_tags": call.tags})
         query = urlencode([("tags", t) for t in woken])
         return await self._post(f"{url}/wake_up?{query}", call, asleep - set(woken))
 
-    async def _post(self, url: str, call: ControlCall, after: set[str] | None
-                    ) -> ControlOutcome:
+    async def _post(self, url: str, call: ControlCall, after: set[str] | None) -> Answered:
         # vLLM's routes take no body: send none, and no Content-Type for it.
         headers = {k: v for k, v in call.headers.items() if k.lower() != "content-type"}
         reply = await self.post(url, call, None, headers)
-        elapsed = round(reply.elapsed_ms, 2)
         if not reply.ok:
-            return ControlOutcome(elapsed_ms=elapsed, status=reply.status,
-                                  detail=error_message(reply))
-        return ControlOutcome(elapsed_ms=elapsed, status=reply.status,
-                              released_tags=None if after is None else sorted(after))
+            return error_answer(reply)
+        return Answered(status=reply.status, elapsed_ms=round(reply.elapsed_ms, 2),
+                        released_tags=None if after is None else sorted(after))
 
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:

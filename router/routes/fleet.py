@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pdfleet.vocabulary import DEFAULT_ENGINE, EngineName, Role
 from router.config import NodeSpec, describe_validation_error
 from router.peers import MembershipBusy
-from router.routes.schemas import errors, json_body
+from router.routes.schemas import ClusterStatus, errors, json_body
 from router.state import State
 
 router = APIRouter()
@@ -48,15 +48,13 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/cluster/status")
-async def cluster_status(state: State) -> dict:
-    running = state.control.running or state.peers.running_operation()
-    return {
-        "summary": state.registry.summary(),
-        "control_operation": None if running is None else {
-            "operation": running[0], "request_id": running[1]},
-        "generated_at": time.time(),
-        "nodes": [n.status_view() for n in state.registry.all()],
-    }
+async def cluster_status(state: State) -> ClusterStatus:
+    return ClusterStatus(
+        summary=state.registry.summary(),
+        control_operation=state.control.running(),
+        generated_at=time.time(),
+        nodes=[n.status_view() for n in state.registry.all()],
+    )
 
 
 @router.get("/workers")

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
 
 from router.metrics import CONTENT_TYPE
+from router.operations import OperationEntry
 from router.state import State
 
 router = APIRouter()
+
+
+class RecentOperations(BaseModel):
+    operations: list[OperationEntry]
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -18,6 +24,6 @@ async def metrics(state: State) -> Response:
 
 
 @router.get("/cluster/operations")
-async def cluster_operations(state: State) -> dict:
+async def cluster_operations(state: State) -> RecentOperations:
     """The last 50 control operations, newest first, each with its per-node report."""
-    return {"operations": state.operations.recent()}
+    return RecentOperations(operations=state.operations.recent())

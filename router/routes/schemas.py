@@ -1,18 +1,21 @@
 """The router's request and reply shapes as the OpenAPI document publishes them (SPEC 9).
 
-Control routes read their body raw (it is forwarded verbatim), so their request body and
-query parameters are declared here rather than derived from handler arguments. The reply
-models mirror `router.fanout.FanoutReport.reply()`.
+Control routes read their body raw (it is forwarded verbatim), so their request body
+(`router.control.request.ControlBody`) and query parameters are declared here rather than
+derived from handler arguments. Their reply is `router.control.report.ControlReport`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel, Field
 
-from pdfleet.vocabulary import Operation
+from pdfleet.vocabulary import Operation, Role
+from router.control.lock import RunningOperation
+from router.control.report import ControlFailed
+from router.control.request import LEVELS, MAX_TIMEOUT_S, MODES, ControlBody
+from router.registry import FleetSummary, NodeStatus
 
 ERROR_MEANINGS = {
     400: "The request is malformed (body, tags or query); no node was called.",
@@ -35,64 +38,6 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorReply, "description": ERROR_MEANINGS[code]} for code in codes}
 
 
-class ControlBody(BaseModel):
-    """SGLang's release/resume/flush body; fields the router does not read are forwarded."""
-
-    model_config = ConfigDict(extra="allow")
-    tags: list[str] | None = Field(
-        None, min_length=1,
-        description="Memory tags (weights, kv_cache, cuda_graph, weights_drafter); null: all.")
-    drain: Literal["wait", "abort"] | SkipJsonSchema[None] = Field(
-        None, description="pdfleet nodes: wait for or abort in-flight requests on release.",
-        json_schema_extra=lambda schema: schema.pop("default"))
-
-
-class NodeOutcome(BaseModel):
-    server: str
-    role: str
-    status: int | None = Field(description="The node's HTTP status; null: no call was needed.")
-    elapsed_ms: float
-    result: Any = Field(description="The node's JSON reply (at most 64 KiB), else null.")
-
-
-class NodeFailure(BaseModel):
-    server: str
-    role: str
-    elapsed_ms: float
-    status: int | None = None
-    detail: str | None = Field(None, description="The node's error body, capped.")
-    error: str | None = Field(None, description="No HTTP answer: transport failure, or an "
-                                                "operation the node's engine cannot do.")
-
-
-class ControlReport(BaseModel):
-    success: bool
-    operation: str
-    request_id: str
-    total: int
-    succeeded: int
-    failed: int
-    elapsed_ms: float
-    nodes: list[NodeOutcome]
-
-
-class ControlFailureDetail(BaseModel):
-    message: str
-    operation: str
-    request_id: str
-    total: int
-    failed: int
-    succeeded: list[str]
-    failures: list[NodeFailure]
-    nodes: list[NodeOutcome]
-    elapsed_ms: float
-    rollback: list[NodeOutcome | NodeFailure] | None = None
-
-
-class ControlFailed(BaseModel):
-    detail: ControlFailureDetail
-
-
 class NodeSleep(BaseModel):
     server: str
     released_tags: list[str] | None = Field(description="null: not known yet.")
@@ -102,6 +47,13 @@ class SleepState(BaseModel):
     is_sleeping: bool = Field(description="Any node has released memory.")
     all_sleeping: bool = Field(description="Every node has released memory.")
     nodes: list[NodeSleep]
+
+
+class ClusterStatus(BaseModel):
+    summary: FleetSummary
+    control_operation: RunningOperation | None
+    generated_at: float
+    nodes: list[NodeStatus]
 
 
 def _query(name: str, schema: dict[str, Any], description: str,
@@ -114,9 +66,9 @@ def _query(name: str, schema: dict[str, Any], description: str,
 
 
 COMMON_QUERY = [
-    _query("role", {"type": "string", "enum": ["prefill", "decode", "mixed"]},
+    _query("role", {"type": "string", "enum": [role.value for role in Role]},
            "Only nodes of this role."),
-    _query("timeout", {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+    _query("timeout", {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
            "Seconds for the whole fan-out (default control_timeout_s)."),
 ]
 TAGS_QUERY = _query(
@@ -125,9 +77,9 @@ TAGS_QUERY = _query(
     "agree. None: the body's tags, or all.", explode=True)
 RELEASE_QUERY = [
     TAGS_QUERY,
-    _query("level", {"type": "integer", "enum": [1, 2]},
+    _query("level", {"type": "integer", "enum": [int(level) for level in LEVELS]},
            "vLLM sleep level: 1 keeps weights in host memory, 2 discards them."),
-    _query("mode", {"type": "string", "enum": ["abort", "wait"]},
+    _query("mode", {"type": "string", "enum": list(MODES)},
            "In-flight requests: abort them or wait for them (pdfleet's drain)."),
     _query("on_failure", {"type": "string", "enum": ["rollback"]},
            "Resume the nodes that released when any node failed."),
@@ -164,7 +116,7 @@ def control_route(operation: str) -> dict[str, Any]:
     query = COMMON_QUERY + by_operation[operation]
     return {
         "responses": {
-            200: {"model": ControlReport, "description": "Every node succeeded."},
+            200: {"description": "Every node succeeded."},
             502: {"model": ControlFailed, "description": ERROR_MEANINGS[502]},
             **errors(400, 401, 409, 413, 422),
         },

@@ -1,0 +1,79 @@
+"""The control plane: the one path every control operation takes.
+
+Take the control lock (one operation at a time), fan the operation out to the target nodes,
+roll a failed release back where asked, build the report, and tell the observers (the peers,
+the operations log, the metrics, the status refresh) before the caller gets the report. The
+lock is held until every observer is done, so the next operation starts from a fleet every
+worker has recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Protocol
+
+from pdfleet.vocabulary import Operation
+from router.config import RouterSettings
+from router.control.fanout import Fanout
+from router.control.lock import ControlLock, RunningOperation
+from router.control.report import ControlReport, NodeResult
+from router.control.request import ControlRequest
+from router.engines import ENGINES
+from router.http.pool import NodeClient
+from router.registry import FleetRegistry
+
+ROLLBACK_OPERATION = Operation.RESUME
+
+
+class ControlObserver(Protocol):
+    async def control_done(self, report: ControlReport) -> None:
+        """Called with each finished operation's report, the control lock still held."""
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        registry: FleetRegistry,
+        session: NodeClient,
+        settings: RouterSettings,
+        lock: ControlLock,
+        observers: Sequence[ControlObserver] = (),
+    ) -> None:
+        self._registry = registry
+        self._lock = lock
+        self._observers = list(observers)
+        self._fanout = Fanout(registry, {
+            name: engine(session, settings.error_detail_bytes)
+            for name, engine in ENGINES.items()
+        })
+
+    def running(self) -> RunningOperation | None:
+        return self._lock.running()
+
+    async def run(self, request: ControlRequest) -> ControlReport:
+        """Run `request`; OperationInProgress if another operation holds the lock."""
+        request_id = uuid.uuid4().hex
+        with self._lock.hold(request.operation, request_id) as sequence:
+            started_at = time.time()
+            started = time.perf_counter()
+            nodes = self._registry.with_role(request.role)
+            results = await self._fanout.send(
+                nodes, request.operation, request.body, request.content_type, request,
+                request_id, started=started)
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+            rollback: list[NodeResult] | None = None
+            if request.rollback and not all(r.ok for r in results):
+                released = [n for n, r in zip(nodes, results, strict=True) if r.ok]
+                rollback = await self._fanout.send(
+                    released, ROLLBACK_OPERATION, json.dumps({"tags": request.tags}).encode(),
+                    "application/json", request, request_id, started=started)
+            report = ControlReport.of(
+                operation=request.operation, request_id=request_id, results=results,
+                elapsed_ms=elapsed_ms, rollback=rollback, tags=request.tags,
+                started_at=started_at, sequence=sequence)
+            for observer in self._observers:
+                await observer.control_done(report)
+            return report
