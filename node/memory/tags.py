@@ -15,7 +15,8 @@ PRESERVED_TAGS = frozenset({MemoryTag.WEIGHTS, MemoryTag.WEIGHTS_DRAFTER})
 # Order of the steps within one release or resume. Discarded regions are released before the
 # backed-up ones and the backed-up ones are resumed first: on an H100 the driver then hands the
 # weights back pages that take the host-to-device restore at 48-50 GB/s, against 42 GB/s when
-# the KV pool's pages were freed after the weights' (scripts/bench_node_memory.py, README).
+# the KV pool's pages were freed after the weights' (scripts/bench_node_memory.py,
+# docs/benchmarks.md).
 RELEASE_ORDER: tuple[MemoryTag, ...] = (
     MemoryTag.KV_CACHE, MemoryTag.CUDA_GRAPH, MemoryTag.WEIGHTS_DRAFTER, MemoryTag.WEIGHTS,
 )
