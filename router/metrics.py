@@ -1,4 +1,4 @@
-"""The router's Prometheus metrics (SPEC 3.3), served at `GET /metrics`.
+"""The router's Prometheus metrics, served at `GET /metrics`.
 
 Two sources:
 - Counters and histograms the router updates as requests and control operations end. With

@@ -1,4 +1,4 @@
-"""SPEC 7: `pdfleet faultproxy` in front of a real node: everything passes through unchanged
+"""`pdfleet faultproxy` in front of a real node: everything passes through unchanged
 (streams included) and the node's fault rules fire on the proxy."""
 
 from __future__ import annotations

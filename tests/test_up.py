@@ -1,4 +1,4 @@
-"""SPEC 2: `pdfleet up` starts a local fleet of real nodes and the router, and stops all of
+"""`pdfleet up` starts a local fleet of real nodes and the router, and stops all of
 it cleanly."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The PD generation proxy (SPEC 3.2): place each generation request on a prefill/decode
+"""The PD generation proxy: place each generation request on a prefill/decode
 pair (or a mixed node alone), add SGLang's bootstrap fields, call both nodes at once and
 answer with the decode node's reply — relayed chunk by chunk when it streams.
 

@@ -1,4 +1,4 @@
-"""Fleet state: health, per-node status and the worker registry (SPEC 3.3)."""
+"""Fleet state: health, per-node status and the worker registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The router's request and reply shapes as the OpenAPI document publishes them (SPEC 9).
+"""The router's request and reply shapes as the OpenAPI document publishes them.
 
 Control routes read their body raw (it is forwarded verbatim), so their request body
 (`router.control.request.ControlBody`) and query parameters are declared here rather than

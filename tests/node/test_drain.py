@@ -1,4 +1,4 @@
-"""Release drains in-flight work first: wait, wait past the timeout, abort (SPEC section 5).
+"""Release drains in-flight work first: wait, wait past the timeout, abort.
 
 A decode request whose KV has not arrived yet stays in flight for as long as the test wants:
 the test decides when the prefill node fills the room. That makes "a request is in flight

@@ -1,4 +1,4 @@
-"""SPEC 7: fault rules on a real node, as a real router reports them (SPEC 3.1)."""
+"""Fault rules on a real node, as a real router reports them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Memory release and resume on the cpu backend, over HTTP (SPEC section 5)."""
+"""Memory release and resume on the cpu backend, over HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prefill/decode disaggregation: KV hand-off between two real nodes (SPEC section 6)."""
+"""Prefill/decode disaggregation: KV hand-off between two real nodes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`GET /dashboard` in a real headless Chromium against a real fleet (SPEC 3.3): every node is
+"""`GET /dashboard` in a real headless Chromium against a real fleet: every node is
 listed, a sleep through the router shows within seconds, the sleep button asks for the admin
 token and shows the per-node report, and a node killed mid-test shows as down.
 

@@ -1,4 +1,4 @@
-"""Per-process memory on a shared GPU (SPEC 5): two nodes on one device, released together
+"""Per-process memory on a shared GPU: two nodes on one device, released together
 through the router, each report only their own bytes, read per process through NVML."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The node's memory meter on CPU (SPEC 5): this process's own memory, said how."""
+"""The node's memory meter on CPU: this process's own memory, said how."""
 
 from __future__ import annotations
 

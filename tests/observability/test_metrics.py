@@ -1,5 +1,5 @@
 """`/metrics` on the router and on the node after real traffic and a sleep/wake through the
-router (SPEC 3.3): the series exist and the values that must have moved did."""
+router: the series exist and the values that must have moved did."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`GET /cluster/operations` (SPEC 3.3): the last 50 control operations, each with per-node
+"""`GET /cluster/operations`: the last 50 control operations, each with per-node
 start and end offsets, outcome, status or error and the failure's kind."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC 2: `pdfleet sleep | wake | status` print one row per node and exit 0, 1 or 2."""
+"""`pdfleet sleep | wake | status` print one row per node and exit 0, 1 or 2."""
 
 from __future__ import annotations
 

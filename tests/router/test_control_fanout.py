@@ -1,4 +1,4 @@
-"""SPEC 3.1: the router's cluster control fan-out, against real stub node processes."""
+"""The router's cluster control fan-out, against real stub node processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 9: one router for pdfleet, SGLang and vLLM nodes, through SGLang's and vLLM's routes.
+"""One router for pdfleet, SGLang and vLLM nodes, through SGLang's and vLLM's routes.
 
 The fleet is a real pdfleet node plus stub nodes that answer exactly as SGLang and vLLM
 servers do (tests/stubs/stub_engines.py); each stub records the calls it got.

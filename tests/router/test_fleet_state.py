@@ -1,4 +1,4 @@
-"""SPEC 3.3 and 3.4: cluster status, the worker registry, the admin token and the bind rule."""
+"""Cluster status, the worker registry, the admin token and the bind rule."""
 
 from __future__ import annotations
 

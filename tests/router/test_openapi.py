@@ -1,4 +1,4 @@
-"""SPEC 9: the OpenAPI document describes every route, and schemathesis finds no failure
+"""The OpenAPI document describes every route, and schemathesis finds no failure
 against a running router with SGLang-, vLLM- and pdfleet-shaped nodes."""
 
 from __future__ import annotations

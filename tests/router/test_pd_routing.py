@@ -1,4 +1,4 @@
-"""SPEC 3.2: PD generation routing through a real router to stub nodes (non-streaming)."""
+"""PD generation routing through a real router to stub nodes (non-streaming)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 3.2: streamed generation through a real router — relayed as it arrives, never
+"""Streamed generation through a real router — relayed as it arrives, never
 buffered, and both node calls cancelled when the client leaves."""
 
 from __future__ import annotations

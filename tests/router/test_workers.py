@@ -1,4 +1,4 @@
-"""SPEC 10: `pdfleet router --workers N`: N router processes on one port, one fleet.
+"""`pdfleet router --workers N`: N router processes on one port, one fleet.
 
 Which worker answers a connection is the kernel's choice (SO_REUSEPORT), so each check opens
 fresh connections until every worker has answered one, told apart by `X-Pdfleet-Worker`.
