@@ -65,6 +65,10 @@ class ReleaseReport(BaseModel):
     # Accepted tags that hold no memory on this node (e.g. cuda_graph): nothing to do.
     noop_tags: list[MemoryTag]
     released_tags: list[MemoryTag]
+    # What was released, exact: the sizes of the regions in `released`.
+    released_bytes: int
+    # What the process measured before minus after (see `measured_as`): the allocator returns
+    # or keeps pages on its own schedule, so on CPU this may be 0 or more than released.
     freed_bytes: int
     drained_requests: int
     elapsed_ms: float
@@ -79,6 +83,8 @@ class ResumeReport(BaseModel):
     already_resumed: list[MemoryTag]
     noop_tags: list[MemoryTag]
     released_tags: list[MemoryTag]
+    # The sizes of the regions in `resumed`, exact; `restored_bytes` is the measured change.
+    resumed_bytes: int
     restored_bytes: int
     elapsed_ms: float
     memory: MemoryInfo
