@@ -43,6 +43,8 @@ class MemoryInfo(BaseModel):
     free_bytes: int
     total_bytes: int
     measured_as: str
+    # Which memory `total_bytes` is: nodes sharing a GPU or a host's RAM name the same pool.
+    pool: str
     regions: dict[str, RegionInfo]
 
     @classmethod
@@ -53,6 +55,7 @@ class MemoryInfo(BaseModel):
             free_bytes=reading.free_bytes,
             total_bytes=reading.total_bytes,
             measured_as=reading.measured_as,
+            pool=reading.pool,
             regions={tag.value: RegionInfo(bytes=r.bytes, state=r.state.value)
                      for tag, r in stats.regions.items()},
         )
