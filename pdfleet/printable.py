@@ -8,14 +8,14 @@ becomes its printable prefix and `<N bytes, not text>`. The dashboard's `printab
 
 from __future__ import annotations
 
-# Control characters other than tab and newline, and the replacement character a failed
-# UTF-8 decode leaves for each undecodable byte.
 _KEPT_CONTROLS = frozenset("\t\n")
 _REPLACEMENT = "\ufffd"
 PREFIX_CHARS = 80
 
 
 def _unprintable(char: str) -> bool:
+    """A control character other than tab and newline, or the replacement character a failed
+    UTF-8 decode leaves for an undecodable byte."""
     if char == _REPLACEMENT:
         return True
     return char not in _KEPT_CONTROLS and (ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0)
