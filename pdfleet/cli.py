@@ -14,8 +14,10 @@ from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pdfleet.configs import CHAOS_SCENARIOS, LOCAL_FLEET
+from pdfleet.printable import printable
 from pdfleet.vocabulary import Operation
 from router.control.report import ControlReport
 from router.routes.schemas import ClusterStatus
@@ -27,8 +29,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Logs and pipes get wide tables; a terminal gets its own width.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
-
-
 
 RouterOpt = Annotated[
     str, typer.Option("--router", envvar="PDFLEET_ROUTER", help="Router base URL.")
@@ -142,6 +142,24 @@ def _fmt_bytes(value: Any) -> str:
     return "-"
 
 
+def _yes_no(value: bool | str) -> str:
+    """A tri-state flag in words: yes, no, or the router's "unknown"."""
+    return value if isinstance(value, str) else "yes" if value else "no"
+
+
+def _parse_tags(tags: str | None) -> list[str] | None:
+    """The tags of `--tags`, None when the option is absent; a value naming no tag ("" or
+    only commas) is a usage error rather than "every tag"."""
+    if tags is None:
+        return None
+    names = [t.strip() for t in tags.split(",") if t.strip()]
+    if not names:
+        err_console.print(f"[red]usage:[/red] --tags {tags!r} names no tag; "
+                          "leave --tags out for every tag")
+        raise typer.Exit(2)
+    return names
+
+
 def _short_operation(name: str | None) -> str:
     try:
         return Operation(name).short
@@ -152,9 +170,8 @@ def _short_operation(name: str | None) -> str:
 def _control(
     operation: Operation, tags: str | None, timeout: float | None, router_url: str
 ) -> None:
-    payload: dict[str, Any] = {}
-    if tags:
-        payload["tags"] = [t.strip() for t in tags.split(",") if t.strip()]
+    names = _parse_tags(tags)
+    payload: dict[str, Any] = {} if names is None else {"tags": names}
     url = f"{router_url.rstrip('/')}/{operation}"
     if timeout is not None:
         url += f"?timeout={timeout}"
@@ -162,22 +179,27 @@ def _control(
     report = ControlReport.from_reply(status, body)
     if report is None:
         detail = body.get("detail", body) if isinstance(body, dict) else body
-        err_console.print(f"[red]router refused ({status}):[/red] {detail}")
+        err_console.print(f"[red]router refused ({status}):[/red] {printable(str(detail))}")
         raise typer.Exit(2)
     table = Table(title=f"{operation}: {len(report.nodes)} ok, {len(report.failures)} failed",
                   box=box.SIMPLE_HEAD)
     table.add_column("node", no_wrap=True)
-    for column in ("role", "result", "status / error", "elapsed", "freed / restored"):
+    # What the node released or resumed (its regions' bytes), and beside it the change in
+    # memory it measured, which the allocator may not show at once.
+    for column in ("role", "result", "status / error", "elapsed", "released / resumed",
+                   "measured change"):
         table.add_column(column)
     for row in report.nodes:
         result = row.result if isinstance(row.result, dict) else {}
-        moved = result.get("freed_bytes", result.get("restored_bytes"))
+        moved = result.get("released_bytes", result.get("resumed_bytes"))
+        measured = result.get("freed_bytes", result.get("restored_bytes"))
         table.add_row(_node_name(row.server), row.role, "[green]ok[/green]",
-                      str(row.status), f"{row.elapsed_ms:.0f} ms", _fmt_bytes(moved))
+                      str(row.status), f"{row.elapsed_ms:.0f} ms", _fmt_bytes(moved),
+                      _fmt_bytes(measured))
     for row in report.failures:
-        why = row.error or f"{row.status}: {row.detail or ''}"
-        table.add_row(_node_name(row.server), row.role, "[red]failed[/red]", why,
-                      f"{row.elapsed_ms:.0f} ms", "-")
+        why = printable(row.error or f"{row.status}: {row.detail or ''}")
+        table.add_row(_node_name(row.server), row.role, "[red]failed[/red]", Text(why),
+                      f"{row.elapsed_ms:.0f} ms", "-", "-")
     console.print(table)
     raise typer.Exit(1 if report.failures else 0)
 
@@ -228,10 +250,10 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
         memory = n.memory if isinstance(n.memory, dict) else {}
         released = n.released_tags
         table.add_row(
-            _node_name(n.server), n.role, n.engine, n.health, str(n.sleeping),
+            _node_name(n.server), n.role, n.engine, n.health, _yes_no(n.sleeping),
             ",".join(released) if isinstance(released, list) else released,
             _fmt_bytes(memory.get("used_bytes")), str(n.inflight),
-            _short_operation(n.last_op), n.last_error or "-",
+            _short_operation(n.last_op), Text(printable(n.last_error or "-")),
         )
     console.print(table)
 

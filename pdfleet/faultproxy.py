@@ -10,6 +10,7 @@ middleware that applies them and the `/_admin/faults` routes are the node's own
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -90,10 +91,26 @@ def create_proxy_app(settings: ProxySettings, faults: FaultSet) -> FastAPI:
     return app
 
 
+class _AnnouncedServer(uvicorn.Server):
+    """A uvicorn server that says, once it listens, where and in front of what."""
+
+    def __init__(self, config: uvicorn.Config, settings: ProxySettings) -> None:
+        super().__init__(config)
+        self._settings = settings
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host = self._settings.host
+            shown = f"[{host}]" if ":" in host else host
+            print(f"pdfleet faultproxy listening on http://{shown}:{self._settings.port}, "
+                  f"forwarding to {self._settings.upstream}", flush=True)
+
+
 def serve(settings: ProxySettings, faults: FaultSet) -> None:
-    uvicorn.run(
+    _AnnouncedServer(uvicorn.Config(
         FaultMiddleware(create_proxy_app(settings, faults), faults),
         host=settings.host, port=settings.port, log_level="warning", access_log=False,
         http=FaultProtocol, server_header=False, date_header=False,
         timeout_graceful_shutdown=5,
-    )
+    ), settings).run()

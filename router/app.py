@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import logging
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -109,6 +111,10 @@ def serve(
     """Serve until SIGINT/SIGTERM: alone on `router.host:port`, or as worker `place` of
     several on `sock`, its bound (not yet listening) share of the port."""
     settings = config.router
+    # The router's own lines (failed operations, nodes marked down, 5xx and 413 replies) go
+    # to stderr, which `pdfleet up` writes to the router's log file.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_bind(settings.host, admin_token, insecure_no_auth)
     app = create_app(config, admin_token, place)
     server = uvicorn.Server(uvicorn.Config(

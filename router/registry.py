@@ -8,6 +8,7 @@ node carries a version that control operations bump.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,6 +19,8 @@ from pydantic import BaseModel
 from pdfleet.vocabulary import DEFAULT_ENGINE, MEMORY_TAGS, EngineName, Operation, Role
 from router.config import NodeSpec
 from router.control.outcome import Answered, NodeOutcome, NoOp, TransportFailed, Unsupported
+
+log = logging.getLogger("router.registry")
 
 
 class Health(StrEnum):
@@ -234,10 +237,10 @@ class FleetRegistry:
         """Record a status poll that began when the node was at `version`."""
         node.checked_at = time.time()
         node.latency_ms = round(latency_ms, 2)
-        node.health = Health.UP if reachable else Health.DOWN
         if not reachable:
-            node.last_error = error
+            self.mark_down(node, error or "unreachable")
             return
+        node.health = Health.UP
         if inflight is not None:
             node.node_inflight = inflight
         if node.version != version:
@@ -259,6 +262,8 @@ class FleetRegistry:
         node.sleep_state_known = True
 
     def mark_down(self, node: Node, error: str) -> None:
+        if node.health is not Health.DOWN:  # once per outage, not once per poll
+            log.warning("node %s marked down: %s", node.url, error)
         node.health = Health.DOWN
         node.last_error = error
 

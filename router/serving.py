@@ -125,6 +125,8 @@ class DirectCycle:
                 cycle.transport.close()
         finally:
             self._signal.serving = None
+            if status >= 500 or status == 413:  # failures only: a line per request would drown them
+                log.warning("%s answered %d", path, status)
             request_done(self._state, path, status, started)
 
     async def _read_body(self) -> bytes | None:

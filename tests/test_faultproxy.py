@@ -115,3 +115,16 @@ def test_malformed_rule_stops_the_proxy_with_exit_2_naming_the_key():
          "--upstream", "http://127.0.0.1:2", "--fault", "kind=status,cod=500"],
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "'cod'" in done.stderr
+
+
+def test_says_where_it_listens_and_what_it_forwards_to(node: NodeProcess) -> None:
+    port = free_port()
+    proxy = Process([sys.executable, "-m", "pdfleet", "faultproxy", "--listen",
+                     f"127.0.0.1:{port}", "--upstream", node.url], stdout=subprocess.PIPE)
+    try:
+        line = proxy.wait_for_line("pdfleet faultproxy listening", timeout=30)
+        assert line.strip() == (f"pdfleet faultproxy listening on http://127.0.0.1:{port}, "
+                                f"forwarding to {node.url}")
+        wait_http_ok(f"http://127.0.0.1:{port}/_admin/faults", proxy)
+    finally:
+        proxy.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.procs import ROOT, Process, free_port, wait_http_ok
+from tests.procs import ROOT, Process, eventually, free_port, wait_http_ok
 
 STARTUP_S = 120
 
@@ -121,3 +122,33 @@ def test_up_names_a_node_that_dies_at_start_and_stops_the_rest(tmp_path):
                 if "pdfleet" in (cmdline := p.info["cmdline"] or [])
                 and (str(config) in cmdline or ports & set(cmdline))]
     assert leftover == []
+
+
+@pytest.mark.timeout(180)
+async def test_router_log_in_the_log_directory_records_failures_not_successes(
+        tmp_path, http):
+    config, router_url = fleet_config(tmp_path)
+    decode_url = yaml.safe_load(config.read_text())["nodes"][1]["url"]
+    up = Process(up_command(config), stdout=subprocess.PIPE)
+    try:
+        ready = up.wait_for_line("pdfleet is up", timeout=STARTUP_S)
+        [log_dir] = re.findall(r"logs in (\S+)\)", ready)
+        router_log = Path(log_dir) / "router.log"
+        for _ in range(3):
+            assert len(generate(router_url)["output_ids"]) == 4
+        [decode] = [child for child in psutil.Process(up.proc.pid).children()
+                    if decode_url.rsplit(":", 1)[1] in " ".join(child.cmdline())]
+        decode.kill()
+        async with http.post(f"{router_url}/release_memory_occupation", json={}) as resp:
+            assert resp.status == 502
+
+        async def logged() -> bool:  # the poller marks the node down within a poll interval
+            text = router_log.read_text()
+            return f"node {decode_url} marked down" in text and "failed on 1 of 2" in text
+
+        await eventually(logged)
+        lines = router_log.read_text().splitlines()
+        assert all("WARNING" in line for line in lines), lines
+        assert not [line for line in lines if "/generate" in line]
+    finally:
+        up.stop()

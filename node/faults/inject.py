@@ -59,6 +59,8 @@ def _reset(scope: Scope) -> None:
     transport = scope.get(TRANSPORT_KEY)
     if transport is None:
         raise RuntimeError("reset faults need the server to run with FaultProtocol")
+    if transport.is_closing():
+        return  # the client already left (a hang outlived its caller): nothing to reset
     sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

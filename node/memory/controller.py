@@ -119,6 +119,7 @@ class MemoryController:
             already_released=already,
             noop_tags=noop,
             released_tags=self.released_tags,
+            released_bytes=self._region_bytes(todo),
             freed_bytes=freed,
             drained_requests=drained,
             elapsed_ms=_elapsed_ms(started),
@@ -152,6 +153,7 @@ class MemoryController:
             already_resumed=already,
             noop_tags=noop,
             released_tags=self.released_tags,
+            resumed_bytes=self._region_bytes(todo),
             restored_bytes=restored,
             elapsed_ms=_elapsed_ms(started),
             memory=MemoryInfo.of(self._backend.stats()),
@@ -209,8 +211,11 @@ class MemoryController:
         if self._on_step is not None:
             self._on_step(operation, tag, time.perf_counter() - started)
 
+    def _region_bytes(self, tags: list[MemoryTag]) -> int:
+        return sum(self._backend.region_bytes(tag) for tag in tags)
+
     def _check_room(self, tags: list[MemoryTag]) -> None:
-        needed = sum(self._backend.region_bytes(tag) for tag in tags)
+        needed = self._region_bytes(tags)
         margin = self._backend.resume_margin_bytes
         free = self._backend.stats().reading.free_bytes
         if self._oom_injected():

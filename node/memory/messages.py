@@ -43,6 +43,8 @@ class MemoryInfo(BaseModel):
     free_bytes: int
     total_bytes: int
     measured_as: str
+    # Which memory `total_bytes` is: nodes sharing a GPU or a host's RAM name the same pool.
+    pool: str
     regions: dict[str, RegionInfo]
 
     @classmethod
@@ -53,6 +55,7 @@ class MemoryInfo(BaseModel):
             free_bytes=reading.free_bytes,
             total_bytes=reading.total_bytes,
             measured_as=reading.measured_as,
+            pool=reading.pool,
             regions={tag.value: RegionInfo(bytes=r.bytes, state=r.state.value)
                      for tag, r in stats.regions.items()},
         )
@@ -65,6 +68,10 @@ class ReleaseReport(BaseModel):
     # Accepted tags that hold no memory on this node (e.g. cuda_graph): nothing to do.
     noop_tags: list[MemoryTag]
     released_tags: list[MemoryTag]
+    # What was released, exact: the sizes of the regions in `released`.
+    released_bytes: int
+    # What the process measured before minus after (see `measured_as`): the allocator returns
+    # or keeps pages on its own schedule, so on CPU this may be 0 or more than released.
     freed_bytes: int
     drained_requests: int
     elapsed_ms: float
@@ -79,6 +86,8 @@ class ResumeReport(BaseModel):
     already_resumed: list[MemoryTag]
     noop_tags: list[MemoryTag]
     released_tags: list[MemoryTag]
+    # The sizes of the regions in `resumed`, exact; `restored_bytes` is the measured change.
+    resumed_bytes: int
     restored_bytes: int
     elapsed_ms: float
     memory: MemoryInfo

@@ -6,12 +6,16 @@ bytes; the device's total and free memory stand beside it. Where NVML cannot see
 (no NVML, or a PID namespace that hides our pid) the reading falls back to the device-wide
 use, and `measured_as` says so. On CPU it is this process's resident set size, and
 `free_bytes` is the memory the system could still hand out.
+
+`pool` names the memory `total_bytes` belongs to (a GPU by its UUID, or a host's RAM):
+nodes sharing one report the same total, and a fleet's total counts each pool once.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +34,7 @@ class MemoryReading:
     free_bytes: int
     total_bytes: int
     measured_as: str
+    pool: str
 
 
 def process_bytes(processes: Iterable[Any], pid: int) -> int | None:
@@ -71,10 +76,13 @@ def _own_gpu_bytes(index: int) -> int | None:
 def read_memory(device: str) -> MemoryReading:
     if device == "cuda":
         free, total = torch.cuda.mem_get_info()
-        own = _own_gpu_bytes(torch.cuda.current_device())
+        index = torch.cuda.current_device()
+        pool = f"GPU {torch.cuda.get_device_properties(index).uuid}"
+        own = _own_gpu_bytes(index)
         if own is None:
-            return MemoryReading(total - free, free, total, DEVICE_WIDE)
-        return MemoryReading(own, free, total, PROCESS_GPU)
+            return MemoryReading(total - free, free, total, DEVICE_WIDE, pool)
+        return MemoryReading(own, free, total, PROCESS_GPU, pool)
     system = psutil.virtual_memory()
     rss = psutil.Process().memory_info().rss
-    return MemoryReading(rss, system.available, system.total, PROCESS_RSS)
+    return MemoryReading(rss, system.available, system.total, PROCESS_RSS,
+                         f"RAM of {socket.gethostname()}")

@@ -10,11 +10,13 @@ worker has recorded.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
+from pdfleet.printable import printable
 from pdfleet.vocabulary import Operation
 from router.config import RouterSettings
 from router.control.fanout import Fanout
@@ -26,6 +28,8 @@ from router.http.pool import NodeClient
 from router.registry import FleetRegistry
 
 ROLLBACK_OPERATION = Operation.RESUME
+
+log = logging.getLogger("router.control")
 
 
 class ControlObserver(Protocol):
@@ -74,6 +78,15 @@ class ControlPlane:
                 operation=request.operation, request_id=request_id, results=results,
                 elapsed_ms=elapsed_ms, rollback=rollback, tags=request.tags,
                 started_at=started_at, sequence=sequence)
+            if report.failures:
+                log.warning("%s %s failed on %d of %d nodes: %s", request.operation, request_id,
+                            len(report.failures), report.total,
+                            "; ".join(_why(failure) for failure in report.failures))
             for observer in self._observers:
                 await observer.control_done(report)
             return report
+
+
+def _why(failure: NodeResult) -> str:
+    return f"{failure.server}: " + printable(
+        failure.error or f"HTTP {failure.status}: {failure.detail or ''}")

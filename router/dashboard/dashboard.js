@@ -1,5 +1,6 @@
 // The pdfleet dashboard: polls the router about every second and draws what it says.
 // Plain DOM, no framework; every text from the router goes in through textContent.
+// display.js, loaded first, holds the pure rules: bytes, shortOp, printable, the totals.
 "use strict";
 
 const REFRESH_MS = Number(document.body.dataset.refreshMs) || 1000;
@@ -14,19 +15,6 @@ function el(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined && text !== null) node.textContent = String(text);
   return node;
-}
-
-function bytes(n) {
-  if (typeof n !== "number") return "?";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
-
-function shortOp(op) {
-  return { release_memory_occupation: "sleep", resume_memory_occupation: "wake",
-           flush_cache: "flush" }[op] || op;
 }
 
 async function fetchJSON(url, options = {}) {
@@ -48,13 +36,7 @@ function renderSummary(status) {
   $("sum-down").textContent = s.down;
   $("sum-asleep").textContent = s.sleeping;
   $("sum-routable").textContent = `${s.routable}/${s.total}`;
-  let used = 0, total = 0;
-  for (const node of status.nodes) {
-    if (node.memory && typeof node.memory === "object") {
-      used += node.memory.used_bytes || 0;
-      total += node.memory.total_bytes || 0;
-    }
-  }
+  const { used, total } = memoryTotals(status.nodes);
   $("sum-memory").textContent = total ? `${bytes(used)} / ${bytes(total)}` : "unknown";
 }
 
@@ -115,7 +97,7 @@ function nodeCard(node, now) {
     facts.append(el("dt", null, k), el("dd", null, v));
   }
   card.append(facts);
-  if (node.last_error) card.append(el("div", "error", node.last_error));
+  if (node.last_error) card.append(el("div", "error", printable(node.last_error)));
   return card;
 }
 
@@ -132,8 +114,12 @@ function renderTimeline(operations) {
     box.replaceChildren(el("p", "muted", "none yet"));
     return;
   }
-  const rows = [];
-  for (const op of operations.slice(0, TIMELINE_OPERATIONS)) {
+  const shown = operations.slice(0, TIMELINE_OPERATIONS);
+  const scale = timelineScale(shown);
+  const legend = el("div", "timeline-scale", `one scale for all: a full track is ${duration(scale)}`);
+  legend.dataset.scaleMs = String(scale);
+  const rows = [legend];
+  for (const op of shown) {
     const block = el("div", `op op-${op.outcome}`);
     block.dataset.requestId = op.request_id;
     const when = new Date(op.started_at * 1000).toLocaleTimeString();
@@ -141,7 +127,6 @@ function renderTimeline(operations) {
     block.append(el("div", "op-head",
       `${when} · ${shortOp(op.operation)} ${tags} · ${op.outcome} · ` +
       `${op.total - op.failed}/${op.total} ok · ${op.elapsed_ms.toFixed(0)} ms`));
-    const scale = Math.max(1, op.elapsed_ms, ...op.nodes.map((n) => n.ended_ms));
     for (const n of op.nodes) {
       const line = el("div", "lane");
       line.append(el("span", "lane-label", n.server.replace(/^https?:\/\//, "")));
@@ -150,7 +135,7 @@ function renderTimeline(operations) {
       bar.style.left = `${(100 * n.started_ms) / scale}%`;
       bar.style.width = `${Math.max(0.5, (100 * (n.ended_ms - n.started_ms)) / scale)}%`;
       bar.title = `${n.server}: ${n.outcome}, ${(n.ended_ms - n.started_ms).toFixed(1)} ms` +
-        (n.error ? ` — ${n.kind || ""} ${n.error}` : "");
+        (n.error ? ` — ${n.kind || ""} ${printable(n.error)}` : "");
       track.append(bar);
       line.append(track, el("span", "lane-ms", `${(n.ended_ms - n.started_ms).toFixed(0)} ms`));
       block.append(line);
@@ -194,10 +179,11 @@ function showReport(op, reply) {
     title = detail.message;
     for (const n of detail.nodes || []) lines.push([n.server, "ok", `HTTP ${n.status}`, n.elapsed_ms]);
     for (const n of detail.failures || []) {
-      lines.push([n.server, "failed", n.error || `HTTP ${n.status}: ${n.detail || ""}`, n.elapsed_ms]);
+      lines.push([n.server, "failed", printable(n.error || `HTTP ${n.status}: ${n.detail || ""}`),
+                  n.elapsed_ms]);
     }
   } else {
-    title = `${shortOp(op)}: HTTP ${reply.status} ${typeof body.detail === "string" ? body.detail : ""}`;
+    title = `${shortOp(op)}: HTTP ${reply.status} ${typeof body.detail === "string" ? printable(body.detail) : ""}`;
   }
   const table = el("table");
   for (const [server, outcome, what, ms] of lines) {

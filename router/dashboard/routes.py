@@ -1,4 +1,4 @@
-"""`GET /dashboard` and its two assets, read from this package."""
+"""`GET /dashboard` and its assets, read from this package."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from router.routes.schemas import errors
 router = APIRouter()
 
 REFRESH_MS = 1000
-ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+ASSETS = {"dashboard.js": "text/javascript", "display.js": "text/javascript",
+          "dashboard.css": "text/css"}
 _templates = Environment(
     loader=PackageLoader("router.dashboard", ""), autoescape=select_autoescape(["html"])
 )

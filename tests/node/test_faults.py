@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from tests.node.conftest import NodeProcess, StartNode, greedy
@@ -261,3 +262,33 @@ def test_crash_exits_the_process_after_the_release_started(start_node, tmp_path)
         assert "crashing with exit code 3" in node.output()
     finally:
         router.stop()
+
+
+
+async def test_deleting_a_hang_whose_caller_left_leaves_no_traceback(http, node):
+    await add_rule(http, node, route=FLUSH, kind="hang")
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    caller_port = writer.get_extra_info("sockname")[1]
+    writer.write(f"POST {FLUSH} HTTP/1.1\r\nHost: node\r\nContent-Length: 0\r\n\r\n".encode())
+    await writer.drain()
+
+    async def fired() -> bool:
+        async with http.get(f"{node.url}/_admin/faults", headers=AUTH) as resp:
+            return (await resp.json())["rules"][0]["fired"] == 1
+
+    await eventually(fired)
+    writer.close()
+    await writer.wait_closed()
+
+    async def node_closed_its_side() -> bool:
+        connections = psutil.Process(node.process.proc.pid).net_connections()
+        return not any(c.raddr and c.raddr.port == caller_port for c in connections)
+
+    await eventually(node_closed_its_side)
+    async with http.delete(f"{node.url}/_admin/faults", headers=AUTH) as resp:
+        assert (await resp.json())["deleted"] == 1
+    # A later round trip: by its answer the node has run what followed the caller's leaving.
+    async with http.get(f"{node.url}/health") as resp:
+        assert resp.status == 200
+    assert "Traceback" not in node.output()
+    assert not await reader.read()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.node.conftest import NodeProcess, StartNode, greedy
+from tests.procs import ROOT, Router
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -213,3 +218,42 @@ async def test_admin_token_guards_state_changes(
     assert status == 200 and reply["released_tags"] == ["weights", "kv_cache"]
     status, reply = await post(http, node, "/resume_memory_occupation", {}, headers=good)
     assert status == 200 and reply["released_tags"] == []
+
+
+async def test_each_cycle_reports_the_released_regions_bytes_beside_the_measured_change(
+    http: aiohttp.ClientSession, awake: NodeProcess
+) -> None:
+    weights = awake.info()["memory"]["regions"]["weights"]["bytes"]
+    for _ in range(3):  # after the first cycle the allocator may keep or return pages late
+        status, released = await post(http, awake, "/release_memory_occupation",
+                                      {"tags": ["weights"]})
+        assert status == 200, released
+        assert released["released_bytes"] == weights
+        assert isinstance(released["freed_bytes"], int)
+        status, resumed = await post(http, awake, "/resume_memory_occupation",
+                                     {"tags": ["weights"]})
+        assert status == 200, resumed
+        assert resumed["resumed_bytes"] == weights
+        assert isinstance(resumed["restored_bytes"], int)
+    await post(http, awake, "/release_memory_occupation", {"tags": ["weights"]})
+    status, repeat = await post(http, awake, "/release_memory_occupation", {"tags": ["weights"]})
+    assert repeat["already_released"] == ["weights"] and repeat["released_bytes"] == 0
+
+
+def test_pdfleet_sleep_shows_released_bytes_and_the_measured_change_apart(
+    awake: NodeProcess, tmp_path: Path
+) -> None:
+    weights = awake.info()["memory"]["regions"]["weights"]["bytes"]
+    router = Router(tmp_path, [{"url": awake.url, "role": "mixed"}])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pdfleet", "sleep", "--tags", "weights", "--router",
+             router.url], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "COLUMNS": "200"})
+    finally:
+        router.stop()
+    assert done.returncode == 0, done.stderr
+    assert "released / resumed" in done.stdout and "measured change" in done.stdout
+    [row] = [line for line in done.stdout.splitlines() if awake.url.removeprefix("http://")
+             in line]
+    assert f"{weights / MIB:.2f} MiB" in row

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
@@ -86,6 +87,9 @@ def test_dashboard_shows_the_fleet_its_sleep_its_reports_and_a_dead_node(
                                                    timeout=SHOWN_WITHIN_MS)
         expect(card(page, node).locator(".role")).to_have_text(node.role)
     expect(page.locator("#sum-up")).to_have_text(str(len(nodes)))
+    # Every node is a process on this host: the total is this host's RAM once, not per node.
+    host_ram = f"/ {psutil.virtual_memory().total / (1 << 30):.1f} GiB"
+    expect(page.locator("#sum-memory")).to_have_text(re.compile(re.escape(host_ram) + "$"))
 
     # A sleep through the router (not the page) shows on every card within seconds.
     assert release_through_router(router, ["kv_cache"]) == 200
@@ -161,3 +165,50 @@ def test_dashboard_keeps_refreshing_across_a_router_restart(
         expect(page.locator("article.card")).to_have_count(1)
     finally:
         again.stop()
+
+
+def post_control(router: Router, operation: str) -> int:
+    request = urllib.request.Request(f"{router.url}/{operation}", method="POST", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_binary_errors_read_as_text_operations_share_one_scale_and_tags_have_a_legend(
+    stub_nodes: Callable[..., StubNodes], router: Callable[..., Router], page: Page
+) -> None:
+    stubs = stub_nodes([
+        {"routes": {"/release_memory_occupation": {"status": 500, "body": "binary"},
+                    "/flush_cache": {"delay": 1.0}}},
+        {},
+    ])
+    r = router([{"url": stubs.urls[0], "role": "prefill"},
+                {"url": stubs.urls[1], "role": "decode"}])
+    assert post_control(r, "flush_cache") == 200  # about 1 s: the slow node waits
+    assert post_control(r, "resume_memory_occupation") == 200  # milliseconds
+    assert post_control(r, "release_memory_occupation") == 502
+    page.goto(f"{r.url}/dashboard")
+
+    slow = page.locator(f'article.card[data-server="{stubs.urls[0]}"] .error')
+    expect(slow).to_contain_text("bytes, not text>", timeout=SHOWN_WITHIN_MS)
+    assert "\ufffd" not in slow.inner_text()
+    box = slow.bounding_box()
+    assert box is not None and box["height"] < 40  # one or two lines, not a wall
+
+    operations = page.locator("#timeline .op")
+    expect(operations).to_have_count(3, timeout=SHOWN_WITHIN_MS)
+    expect(page.locator("#timeline .timeline-scale")).to_contain_text("one scale")
+
+    def widest_bar(op: Locator) -> float:
+        return max(span.bounding_box()["width"] for span in op.locator(".span").all())
+
+    resume, flush = operations.all()[1:]  # newest first, after the release
+    assert widest_bar(resume) < 0.1 * widest_bar(flush)
+
+    legend = page.locator("#tag-legend .tag")
+    expect(legend).to_have_count(4)
+    for state in ("resident", "released", "none", "unknown"):
+        expect(page.locator(f"#tag-legend .tag-{state}")).to_be_visible()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -67,3 +68,32 @@ def test_status_prints_a_table_or_json(stub_nodes, router):
     for url in (stubs.urls[0], dead):
         assert url.removeprefix("http://") in done.stdout
     assert pdfleet("status", "--router", dead).returncode == 2
+
+
+@pytest.mark.parametrize(("command", "tags"), [("sleep", ""), ("wake", ","), ("sleep", " , ")])
+def test_tags_naming_no_tag_is_a_usage_error_and_sends_nothing(stub_nodes, router, command,
+                                                              tags):
+    stubs = stub_nodes([{}])
+    r = router([{"url": stubs.urls[0], "role": "mixed"}])
+    done = pdfleet(command, "--tags", tags, "--router", r.url)
+    assert done.returncode == 2 and "names no tag" in done.stderr
+    with urllib.request.urlopen(f"{stubs.urls[0]}/_stub/requests", timeout=5) as reply:
+        assert json.loads(reply.read()) == []
+
+
+def test_binary_node_errors_print_as_text_and_flags_as_words(stub_nodes, router):
+    stubs = stub_nodes([{}, {"status": 500, "body": "binary", "size": 65536}])
+    r = router([{"url": stubs.urls[0], "role": "prefill"},
+                {"url": stubs.urls[1], "role": "decode"}])
+    done = pdfleet("sleep", "--router", r.url)
+    assert done.returncode == 1
+    assert "500: <" in done.stdout and " bytes, not text>" in done.stdout
+    assert "\ufffd" not in done.stdout
+    done = pdfleet("status", "--router", r.url)
+    assert done.returncode == 0
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()
+            if line.strip().startswith("127.0.0.1")}
+    asleep, failed = (rows[url.removeprefix("http://")] for url in stubs.urls)
+    assert " yes " in asleep and " no " in failed
+    assert " bytes, not text>" in failed and "\ufffd" not in done.stdout
+    assert "True" not in done.stdout and "False" not in done.stdout
