@@ -5,12 +5,15 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import os
 
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdfleet.vocabulary import ADMIN_TOKEN_ENV
+
+log = logging.getLogger("router.security")
 
 
 def admin_token_from_env() -> str | None:
@@ -66,7 +69,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
         seen = 0
 
@@ -82,9 +85,11 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            await self._reject(send)
+            await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        log.warning("%s %s answered 413: body larger than %d bytes",
+                    scope["method"], scope["path"], self.max_bytes)
         body = body_too_large(self.max_bytes)
         await send({
             "type": "http.response.start",

@@ -42,11 +42,16 @@ async def test_failures_leave_one_line_each_and_successes_none(stub_nodes, route
                          headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 413
 
+    async with http.post(f"{r.url}/flush_cache", data=b"{" + b" " * BODY_LIMIT + b"}",
+                         headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 413
+
     await eventually(lambda: logged("/generate answered 413"))
+    await eventually(lambda: logged("/flush_cache answered 413"))
     await eventually(lambda: logged("/generate answered 5"))
     [failed_release] = lines("release_memory_occupation")
     assert "WARNING" in failed_release and stubs.urls[0] in failed_release
     assert "bytes, not text>" in failed_release and "\ufffd" not in failed_release
     assert len(lines("marked down")) == 1  # once per outage, not once per poll
-    assert len(lines("answered")) == 2
+    assert len(lines("answered")) == 3
     assert not lines("cluster/status")
