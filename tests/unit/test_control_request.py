@@ -1,4 +1,4 @@
-"""The control body and query: validated by `ControlBody`, merged for vLLM's routes."""
+"""The control body and query: validated by the body models, merged for vLLM's routes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from starlette.datastructures import QueryParams
 
 from pdfleet.vocabulary import Operation, Role
-from router.control.request import BadControlRequest, ControlBody, ControlRequest, control_request
+from router.control.request import BadControlRequest, ControlRequest, ReleaseBody, control_request
 
 
 def make(operation: Operation, body: bytes = b"", query: str = "") -> ControlRequest:
@@ -36,7 +36,7 @@ def test_a_good_body_is_forwarded_byte_for_byte_with_its_content_type() -> None:
 
 
 def test_the_body_is_described_by_the_same_model_that_validates_it() -> None:
-    body = ControlBody.parse(b'{"tags": ["weights"], "drain": "wait", "x": 1}')
+    body = ReleaseBody.parse(b'{"tags": ["weights"], "drain": "wait", "x": 1}')
     assert body is not None and body.drain == "wait" and body.model_extra == {"x": 1}
 
 
