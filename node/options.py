@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from node.engine.shape import PRESETS, ModelShape, shape_for_size
 from node.faults.rules import FaultRule, parse_rule
 from node.memory.backends import BackendName
-from pdfleet.vocabulary import ADMIN_TOKEN_ENV, Role
+from pdfleet.vocabulary import ADMIN_TOKEN_ENV, NODE_MAX_BODY_BYTES, Role
 
 Device = Literal["cpu", "cuda"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -73,7 +73,7 @@ class NodeOptions(BaseModel):
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="seconds a release waits for requests in flight")
     max_body_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=1024, description="largest request body accepted")
+        default=NODE_MAX_BODY_BYTES, ge=1024, description="largest request body accepted")
 
     # A secret stays off the command line, where any user could read it in the process list.
     admin_token: Annotated[str | None, Flag(None)] = Field(

@@ -44,6 +44,10 @@ class MemoryTag(StrEnum):
 
 MEMORY_TAGS: tuple[str, ...] = tuple(tag.value for tag in MemoryTag)
 
+# The largest request body a node accepts (its `max_body_bytes` default). The router refuses a
+# larger control body itself, since every node would refuse it.
+NODE_MAX_BODY_BYTES = 16 << 20
+
 
 class Role(StrEnum):
     PREFILL = "prefill"

@@ -74,3 +74,10 @@ class StepCheck:
         for needle in expect.reply_contains:
             if needle not in text:
                 self.mismatches.append(f"the router's reply lacks {needle!r}")
+
+    def no_node_called(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """`before` and `after` are `Fleet.call_trace()`s around the step."""
+        for what, was in before.items():
+            if after.get(what) != was:
+                self.mismatches.append(f"expected no node called, but {what} changed: "
+                                       f"{was} before, {after.get(what)} after")

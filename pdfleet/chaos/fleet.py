@@ -27,6 +27,8 @@ from router.routes.schemas import ClusterStatus
 from router.security import admin_token_from_env
 
 ADMIN_CALL_S = 10.0
+# A pdfleet node's count of memory operations, by operation and outcome.
+MEMORY_OPERATIONS = "pdfleet_node_memory_operations_total"
 RESTART_READY_S = 120.0
 POLL_S = 0.1
 
@@ -119,8 +121,11 @@ class Fleet:
         return cls(router_url, urls, session)
 
     async def _call(self, method: str, url: str, payload: Any = None,
-                    timeout_s: float = ADMIN_CALL_S) -> tuple[int, Any]:
-        async with self.session.request(method, url, json=payload, headers=self._headers,
+                    timeout_s: float = ADMIN_CALL_S, raw: bytes | None = None
+                    ) -> tuple[int, Any]:
+        """`payload` sent as JSON, or `raw` as a JSON body byte for byte."""
+        headers = {**self._headers, **({"Content-Type": "application/json"} if raw else {})}
+        async with self.session.request(method, url, json=payload, data=raw, headers=headers,
                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             text = await resp.text(errors="replace")
         try:
@@ -182,16 +187,42 @@ class Fleet:
 
     async def control(self, operation: str, call: ControlCall,
                       control_timeout_s: float) -> ControlReply:
-        query = "&".join(f"{k}={v}" for k, v in call.query.items())
+        query = call.query_string()
         route = Operation.from_short(operation).value
         url = f"{self.router_url}/{route}" + (f"?{query}" if query else "")
         payload: dict[str, Any] = {"tags": call.tags} if call.tags else {}
         if call.drain is not None:
             payload["drain"] = call.drain
-        wait_s = float(call.query.get("timeout", control_timeout_s)) + 30
+        raw = json.dumps({**payload, **call.body}).encode().ljust(call.body_bytes or 0)
+        timeout = call.query.get("timeout")
+        wait_s = (float(timeout) if isinstance(timeout, int | float | str) else
+                  control_timeout_s) + 30
         started = time.monotonic()
-        status, body = await self._call("POST", url, payload, timeout_s=wait_s)
+        status, body = await self._call("POST", url, timeout_s=wait_s, raw=raw)
         return ControlReply(status, body, time.monotonic() - started)
+
+    async def call_trace(self) -> dict[str, Any]:
+        """What calling a node leaves behind: the router's newest operation, and per node
+        its released tags and count of memory operations (None where it does not say)."""
+        status, body = await self._call("GET", f"{self.router_url}/cluster/operations")
+        if status != 200:
+            raise RuntimeError(f"GET /cluster/operations answered {status}: {body}")
+        newest = body["operations"][0]["request_id"] if body["operations"] else None
+        trace: dict[str, Any] = {"the router's newest operation": newest}
+        for name, url in self.urls.items():
+            trace[name] = {"released_tags": await self.released_tags(name),
+                           "memory operations": await self._memory_operations(url)}
+        return trace
+
+    async def _memory_operations(self, url: str) -> float | None:
+        try:
+            status, body = await self._call("GET", f"{url}/metrics")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        if status != 200 or not isinstance(body, str):
+            return None
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                   if line.startswith(f"{MEMORY_OPERATIONS}{{"))
 
     async def restart_crashed(self) -> list[str]:
         """Restart every node this harness launched that has exited; their names."""

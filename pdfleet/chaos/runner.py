@@ -85,9 +85,12 @@ async def _run_step(fleet: Fleet, step: Step, control_timeout_s: float) -> StepR
     else:
         call = getattr(step, step.operation)
         assert isinstance(call, ControlCall)
+        before = await fleet.call_trace() if step.expect.no_node_called else None
         reply = await fleet.control(step.operation, call, control_timeout_s)
         result.status, result.reply, result.elapsed_s = reply.status, reply.body, reply.elapsed_s
         check.control(step.expect, reply.status, reply.body, reply.elapsed_s, fleet.urls)
+        if before is not None:
+            check.no_node_called(before, await fleet.call_trace())
     result.mismatches += check.mismatches
     return result
 

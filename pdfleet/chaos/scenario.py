@@ -3,8 +3,10 @@ it. Fault rules are parsed here too, so a bad rule fails before any fleet is sta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -15,6 +17,7 @@ from router.config import describe_validation_error, read_yaml
 ErrorKind = Literal["refused", "reset", "timeout", "other"]
 OPERATIONS = ("release", "resume", "flush", "traffic")
 MAX_TRAFFIC_S = 300.0
+MAX_BODY_BYTES = 64 << 20
 
 
 class _Strict(BaseModel):
@@ -40,11 +43,22 @@ class FleetSpec(_Strict):
 DrainMode = Literal["wait", "abort"]
 
 
+QueryValue = str | int | float
+
+
 class ControlCall(_Strict):
     tags: list[str] | None = None
     # Release only: how the nodes end in-flight requests (SGLang body field, sent verbatim).
     drain: DrainMode | None = None
-    query: dict[str, str | int | float] = {}
+    # A list repeats the key (`role: [decode, prefill]` is `?role=decode&role=prefill`).
+    query: dict[str, QueryValue | list[QueryValue]] = {}
+    # More body fields, sent as given: a caller's mistake such as a misspelt field.
+    body: dict[str, Any] = {}
+    # The body padded with spaces to this size, to send more than a node accepts.
+    body_bytes: int | None = Field(None, ge=1, le=MAX_BODY_BYTES)
+
+    def query_string(self) -> str:
+        return urlencode(self.query, doseq=True)
 
 
 class Traffic(_Strict):
@@ -101,6 +115,9 @@ class StepExpect(_Strict):
     elapsed_s: Bounds | None = None
     reply_contains: list[str] = []
     traffic: TrafficExpect = TrafficExpect()
+    # The router answered without calling any node: its operations log gained no entry, and
+    # every node's released tags and count of memory operations are as before the step.
+    no_node_called: bool = False
 
 
 class WaitFor(_Strict):
@@ -126,6 +143,8 @@ class Step(_Strict):
         if len(given) != 1:
             raise ValueError(f"a step has exactly one operation of {', '.join(OPERATIONS)}; "
                              f"got {', '.join(given) or 'none'}")
+        if self.traffic is not None and self.expect.no_node_called:
+            raise ValueError("expect.no_node_called applies to release, resume and flush")
         return self
 
     @property
@@ -135,9 +154,11 @@ class Step(_Strict):
     def describe(self) -> str:
         call = getattr(self, self.operation)
         if isinstance(call, ControlCall):
-            query = "&".join(f"{k}={v}" for k, v in call.query.items())
+            query = call.query_string()
             tags = f" tags={','.join(call.tags)}" if call.tags else ""
-            return f"{self.operation}{tags}{' ?' + query if query else ''}"
+            body = f" body={json.dumps(call.body)}" if call.body else ""
+            size = f" body_bytes={call.body_bytes}" if call.body_bytes else ""
+            return f"{self.operation}{tags}{body}{size}{' ?' + query if query else ''}"
         return self.operation
 
 

@@ -16,19 +16,12 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from pdfleet.vocabulary import MEMORY_TAGS, EngineName, Operation
+from pdfleet.vocabulary import EngineName, Operation
 from router.control.outcome import Answered, NodeOutcome, NoOp, Unsupported
 from router.engines.base import ControlCall, Engine, Probe, error_answer, json_object
 from router.http.errors import TransportError
 
 VLLM_TAGS = ("weights", "kv_cache")
-
-
-def _unknown(tags: list[str]) -> str | None:
-    unknown = sorted(set(tags) - set(MEMORY_TAGS))
-    if not unknown:
-        return None
-    return f"unknown memory tags {unknown}: vLLM knows {list(VLLM_TAGS)}"
 
 
 class VLLM(Engine):
@@ -38,8 +31,6 @@ class VLLM(Engine):
         if call.operation is Operation.FLUSH:
             return await self._post(f"{url}/reset_prefix_cache", call, None)
         asleep = call.released_tags & set(VLLM_TAGS)
-        if call.tags is not None and (reason := _unknown(call.tags)):
-            return Unsupported(reason)
         if call.operation is Operation.RELEASE:
             return await self._sleep(url, call, asleep)
         return await self._wake_up(url, call, asleep)

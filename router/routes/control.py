@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from pdfleet.vocabulary import Operation
+from pdfleet.vocabulary import NODE_MAX_BODY_BYTES, EngineName, Operation
 from router.control.lock import OperationInProgress
 from router.control.report import ControlReport
 from router.control.request import BadControlRequest, control_request
@@ -18,23 +18,42 @@ from router.state import State
 
 router = APIRouter()
 
-ALIASES = {
-    "release_memory_occupation": Operation.RELEASE,
-    "sleep": Operation.RELEASE,
-    "resume_memory_occupation": Operation.RESUME,
-    "wake_up": Operation.RESUME,
-    "flush_cache": Operation.FLUSH,
+# Each route: the operation it carries and the API it comes from.
+ROUTES = {
+    "release_memory_occupation": (Operation.RELEASE, EngineName.SGLANG),
+    "sleep": (Operation.RELEASE, EngineName.VLLM),
+    "resume_memory_occupation": (Operation.RESUME, EngineName.SGLANG),
+    "wake_up": (Operation.RESUME, EngineName.VLLM),
+    "flush_cache": (Operation.FLUSH, EngineName.SGLANG),
 }
+
+
+async def control_body(request: Request) -> bytes:
+    """The body, refused with 413 once it is larger than a node accepts: every node would
+    refuse it, so none is called."""
+    too_large = HTTPException(413, detail=f"a control request body may be at most "
+                                          f"{NODE_MAX_BODY_BYTES} bytes, what a node accepts")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > NODE_MAX_BODY_BYTES:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > NODE_MAX_BODY_BYTES:
+            raise too_large
+    return bytes(raw)
 
 
 async def control(request: Request, state: State) -> JSONResponse:
     state.admin(request)
+    operation, dialect = ROUTES[request.url.path.rsplit("/", 1)[-1]]
+    raw = await control_body(request)
     try:
         control = control_request(
-            ALIASES[request.url.path.rsplit("/", 1)[-1]], await request.body(),
-            request.query_params, content_type=request.headers.get("content-type"),
+            operation, raw, request.query_params,
+            content_type=request.headers.get("content-type"),
             authorization=request.headers.get("authorization"),
-            default_timeout_s=state.settings.control_timeout_s)
+            default_timeout_s=state.settings.control_timeout_s, dialect=dialect)
     except BadControlRequest as exc:
         raise HTTPException(400, detail=str(exc)) from None
     try:
@@ -46,7 +65,7 @@ async def control(request: Request, state: State) -> JSONResponse:
     return JSONResponse({"detail": report.body()}, status_code=502)
 
 
-for _path, _operation in ALIASES.items():
+for _path, (_operation, _) in ROUTES.items():
     router.add_api_route(f"/{_path}", control, methods=["POST"], name=_path,
                          response_model=ControlReport, **schemas.control_route(_operation))
 

@@ -1,8 +1,9 @@
 """The router's request and reply shapes as the OpenAPI document publishes them.
 
 Control routes read their body raw (it is forwarded verbatim), so their request body
-(`router.control.request.ControlBody`) and query parameters are declared here rather than
-derived from handler arguments. Their reply is `router.control.report.ControlReport`.
+(`router.control.request.BODIES`, one model per operation) and query parameters are declared
+here rather than derived from handler arguments. Their reply is
+`router.control.report.ControlReport`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pdfleet.vocabulary import Operation, Role
+from pdfleet.vocabulary import MEMORY_TAGS, NODE_MAX_BODY_BYTES, Operation, Role
 from router.control.lock import RunningOperation
 from router.control.report import ControlFailed
-from router.control.request import LEVELS, MAX_TIMEOUT_S, MODES, ControlBody
+from router.control.request import BODIES, LEVELS, MAX_TIMEOUT_S, MODES
 from router.registry import FleetSummary, NodeStatus
 
 ERROR_MEANINGS = {
@@ -22,7 +23,8 @@ ERROR_MEANINGS = {
     401: "The admin token is missing or wrong.",
     404: "Not found.",
     409: "Another control operation is running, or the worker is already registered.",
-    413: "The request body is larger than max_body_bytes.",
+    413: "The request body is larger than max_body_bytes (on a control route: larger than "
+         f"a node accepts, {NODE_MAX_BODY_BYTES >> 20} MiB).",
     422: "A parameter or field has the wrong type or value.",
     502: "A node failed.",
     503: "No node can serve the request (the fleet is sleeping, down or empty).",
@@ -72,7 +74,8 @@ COMMON_QUERY = [
            "Seconds for the whole fan-out (default control_timeout_s)."),
 ]
 TAGS_QUERY = _query(
-    "tags", {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    "tags",
+    {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(MEMORY_TAGS)}},
     "Tags, as vLLM's wake_up takes them (repeated, or a comma list); a body's tags must "
     "agree. None: the body's tags, or all.", explode=True)
 RELEASE_QUERY = [
@@ -120,5 +123,6 @@ def control_route(operation: str) -> dict[str, Any]:
             502: {"model": ControlFailed, "description": ERROR_MEANINGS[502]},
             **errors(400, 401, 409, 413, 422),
         },
-        "openapi_extra": {"parameters": query, **json_body(ControlBody, required=False)},
+        "openapi_extra": {"parameters": query,
+                          **json_body(BODIES[operation], required=False)},
     }

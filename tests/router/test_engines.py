@@ -148,11 +148,42 @@ async def test_wake_up_query_tags_wake_only_those_tags(stub_nodes, router, http)
     assert status == 200, body
     assert by_server(body)[stubs.urls[0]]["result"]["released_tags"] == [
         "cuda_graph", "kv_cache", "weights_drafter"]
-    status, body = await call(http, "POST", f"{r.url}/wake_up",
-                              params=[("tags", "kv_cache,cuda_graph")])
+    status, body = await call(http, "POST", f"{r.url}/wake_up", params=[("tags", "cuda_graph")])
     assert status == 200, body
-    assert (await calls_to(http, stubs.urls[0]))[-1][3] == '{"tags": ["kv_cache", "cuda_graph"]}'
-    assert by_server(body)[stubs.urls[0]]["result"]["released_tags"] == ["weights_drafter"]
+    assert (await calls_to(http, stubs.urls[0]))[-1][3] == '{"tags": ["cuda_graph"]}'
+    assert by_server(body)[stubs.urls[0]]["result"]["released_tags"] == [
+        "kv_cache", "weights_drafter"]
+
+
+async def test_vllm_shaped_staged_wake_leaves_a_mixed_fleet_awake_and_routed(
+        pdfleet_node, stub_nodes, router, http):
+    r, sglang, vllm = three_engine_fleet(pdfleet_node, stub_nodes, router)
+    for params in ([], [("tags", "weights")], [("tags", "kv_cache")]):
+        path = "/wake_up" if params else "/sleep"
+        status, body = await call(http, "POST", r.url + path, params=params)
+        assert status == 200, body
+    # kv_cache brings SGLang's cuda_graph and weights_drafter back with it.
+    assert json.loads((await calls_to(http, sglang))[-1][3]) == {
+        "tags": ["kv_cache", "cuda_graph", "weights_drafter"]}
+    assert (await calls_to(http, vllm))[-1] == ("POST", "/wake_up", "tags=kv_cache", "")
+    _, state = await call(http, "GET", f"{r.url}/cluster/status")
+    assert [(n["released_tags"], n["sleeping"]) for n in state["nodes"]] == [([], False)] * 3
+    served = set()
+    for _ in range(6):
+        status, reply = await call(http, "POST", f"{r.url}/generate",
+                                   b'{"text": "hi", "sampling_params": {"max_new_tokens": 1}}')
+        assert status == 200, reply
+        served.add(reply.get("served_by"))
+    assert {int(sglang.rsplit(":", 1)[1]), int(vllm.rsplit(":", 1)[1])} <= served
+
+
+async def test_sglang_shaped_routes_send_exactly_the_tags_asked(stub_nodes, router, http):
+    stubs = stub_nodes([SGLANG])
+    r = router([{"url": stubs.urls[0], "role": "mixed", "engine": "sglang"}])
+    for path in ("release_memory_occupation", "resume_memory_occupation"):
+        status, body = await call(http, "POST", f"{r.url}/{path}", b'{"tags": ["kv_cache"]}')
+        assert status == 200, body
+    assert [c[3] for c in await calls_to(http, stubs.urls[0])] == ['{"tags": ["kv_cache"]}'] * 2
 
 
 async def test_sleep_mode_reaches_pdfleet_nodes_as_drain_and_vllm_as_its_query(
