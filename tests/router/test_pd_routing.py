@@ -378,7 +378,9 @@ async def test_oversized_generation_body_is_413_and_reaches_no_node(stub_nodes, 
     stubs = stub_nodes([{}, {}])
     r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]), max_body_bytes=4096)
     async with http.post(f"{r.url}/v1/completions", json={"prompt": "a" * 8000}) as resp:
-        assert resp.status == 413 and "larger than" in (await resp.json())["detail"]
+        assert resp.status == 413
+        error = (await resp.json())["error"]
+    assert error["code"] == 413 and "larger than 4096 bytes" in error["message"]
 
     async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit counts bytes
         for _ in range(8):
