@@ -15,7 +15,7 @@ from node.engine import tokenizer
 from node.engine.engine import GenerationUpdate
 from node.engine.sampler import SamplingParams
 from node.errors import BadRequest
-from node.generation import Bootstrap, GenerationRequest
+from node.generation import Bootstrap, GenerationRequest, one_per_item
 from node.http.body import read_body
 from node.runtime import NodeRuntime
 
@@ -54,11 +54,9 @@ class GenerateRequest(BaseModel):
             raise BadRequest("the batch is empty")
 
         def per_prompt(name: str, value: Any) -> list[Any]:
-            if not isinstance(value, list):
-                return [value] * count
-            if not batched or len(value) != count:
-                raise BadRequest(f"{name} is a list of {len(value)}; the input has {count} prompts")
-            return value
+            if isinstance(value, list) and not batched:
+                raise BadRequest(f"{name} is a list; the input is one prompt")
+            return one_per_item(name, value, count, "prompts")
 
         params = per_prompt("sampling_params", self.sampling_params or SamplingParams())
         rids = per_prompt("rid", self.rid) if self.rid is not None else [None] * count

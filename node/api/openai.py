@@ -24,11 +24,13 @@ from node.engine import tokenizer
 from node.engine.engine import GenerationUpdate
 from node.engine.sampler import SamplingParams
 from node.errors import BadRequest, ModelNotFound
-from node.generation import Bootstrap, GenerationRequest
+from node.generation import Bootstrap, GenerationRequest, one_per_item
 from node.http.body import read_body
 from node.runtime import NodeRuntime
 
 router = APIRouter(prefix="/v1")
+
+MAX_CHOICES = 128
 
 
 class StreamOptions(BaseModel):
@@ -44,7 +46,8 @@ class _OpenAIRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1)
+    # Each choice is a generation request of its own: bounded like a batch.
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     rid: str | None = None
@@ -78,17 +81,9 @@ class _OpenAIRequest(BaseModel):
             }
         )
 
-        def per_choice(name: str, value: Any) -> list[Any]:
-            if not isinstance(value, list):
-                return [value] * count
-            if len(value) != count:
-                raise BadRequest(f"{name} is a list of {len(value)}; the request has {count} "
-                                 "choices (prompts times n)")
-            return value
-
-        hosts = per_choice("bootstrap_host", self.bootstrap_host)
-        ports = per_choice("bootstrap_port", self.bootstrap_port)
-        rooms = per_choice("bootstrap_room", self.bootstrap_room)
+        hosts = one_per_item("bootstrap_host", self.bootstrap_host, count, "choices")
+        ports = one_per_item("bootstrap_port", self.bootstrap_port, count, "choices")
+        rooms = one_per_item("bootstrap_room", self.bootstrap_room, count, "choices")
         return [
             GenerationRequest(
                 rid=rid if count == 1 else f"{rid}-{i}",
