@@ -52,10 +52,11 @@ class GenerationError(Exception):
 
 
 class NodeError(GenerationError):
-    """`node` failed the request; `what` it did completes the message."""
+    """`node` failed the request; `what` it did completes the message, unless the node said
+    itself what was wrong (`own_message`)."""
 
-    def __init__(self, node: Node, status: int, what: str) -> None:
-        super().__init__(status, f"{node.role.value} node {node.url} {what}")
+    def __init__(self, node: Node, status: int, what: str, own_message: str = "") -> None:
+        super().__init__(status, own_message or f"{node.role.value} node {node.url} {what}")
         self.node = node
 
     def fields(self) -> dict[str, Any]:
@@ -105,9 +106,9 @@ class NodeAnswered(NodeError):
     where its body has them, and its capped body as `detail`."""
 
     def __init__(self, node: Node, reply: NodeReply) -> None:
-        super().__init__(node, reply.status, f"answered HTTP {reply.status}")
+        message, self.node_type = node_message(reply.body, reply.text())
+        super().__init__(node, reply.status, f"answered HTTP {reply.status}", message.strip())
         self.reply = reply
-        self.message, self.node_type = node_message(reply.body, reply.text())
 
     def fields(self) -> dict[str, Any]:
         fields = {**super().fields(), **_reply_fields(self.reply)}

@@ -53,3 +53,10 @@ def test_a_refusal_is_the_nodes_message_and_status_in_openais_shape() -> None:
     (503, "ServiceUnavailableError"), (504, "GatewayTimeoutError"), (599, "Error")])
 def test_openai_error_type_names_the_status(status: int, kind: str) -> None:
     assert openai_error_type(status) == kind
+
+
+def test_a_refusal_with_an_empty_body_names_the_node_and_its_status() -> None:
+    reply = NodeReply(status=500, body=b"", truncated=False, content_type="", elapsed_ms=1.0)
+    node = Node(url="http://10.0.0.7:30000", role=Role.DECODE)
+    error = NodeAnswered(node, reply)
+    assert error.message == str(error) == f"decode node {node.url} answered HTTP 500"
