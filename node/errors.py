@@ -1,7 +1,7 @@
 """The node's error hierarchy: each class is one HTTP status with a message for the client.
 
-Routes raise these; one exception handler (`node.http.errors`) turns them into
-`{"success": false, "message": ..., **detail}` with the right status and headers.
+Routes raise these; one exception handler (`node.http.errors`) turns them into the route's
+error shape (SGLang's or OpenAI's) with the right status and headers.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ class BadRequest(NodeError):
 
 class Unauthorized(NodeError):
     status = 401
+
+
+class ModelNotFound(NodeError):
+    """An OpenAI request named a model this node does not serve."""
+
+    status = 404
 
 
 class OperationConflict(NodeError):

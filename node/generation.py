@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from node.admission import Admission, InflightWork
 from node.engine.engine import Engine, GenerationUpdate, Prefilled
@@ -30,6 +31,16 @@ class Bootstrap:
     host: str | None
     port: int | None
     room: int | None
+
+
+def one_per_item(name: str, value: Any, count: int, items: str) -> list[Any]:
+    """`value` for each of `count` items (prompts of a batch, choices of an OpenAI request):
+    one value for all, or a list with one entry per item."""
+    if not isinstance(value, list):
+        return [value] * count
+    if len(value) != count:
+        raise BadRequest(f"{name} is a list of {len(value)}; the request has {count} {items}")
+    return value
 
 
 @dataclass(frozen=True)

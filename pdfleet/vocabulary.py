@@ -8,6 +8,7 @@ it follow, and nothing else has to change.
 from __future__ import annotations
 
 from enum import StrEnum
+from http import HTTPStatus
 
 
 class Operation(StrEnum):
@@ -73,3 +74,13 @@ WORKER_HEADER = "X-Pdfleet-Worker"
 REQUEST_ID_HEADER = "X-Request-Id"
 # Where the admin token comes from, for router, node and CLI alike.
 ADMIN_TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
+
+
+def openai_error_type(status: int) -> str:
+    """The `type` of an OpenAI-shaped error for an HTTP status, as vLLM names it (404 ->
+    `NotFoundError`): router and node answer generation errors with the same names."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+    return phrase.title().replace(" ", "").replace("-", "") + "Error"

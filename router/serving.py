@@ -35,7 +35,6 @@ from router.routes.generate import (
     error_headers,
     request_done,
 )
-from router.security import body_too_large
 from router.state import RouterState
 
 log = logging.getLogger("router")
@@ -158,7 +157,7 @@ class DirectCycle:
         return body
 
     def _too_large(self, limit: int) -> None:
-        self._write_whole(413, b"application/json", body_too_large(limit), [])
+        self._send_error(GenerationError(413, f"request body larger than {limit} bytes"))
 
     def _send_reply(self, reply: NodeReply) -> int:
         self._write_whole(reply.status, reply.content_type.encode() or None, reply.body, [])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -11,12 +10,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from node.api.sse import stream_response
-from node.api.streaming import aborted_error, sse_from_updates
+from node.api.streaming import complete, sse_from_updates
 from node.engine import tokenizer
 from node.engine.engine import GenerationUpdate
 from node.engine.sampler import SamplingParams
 from node.errors import BadRequest
-from node.generation import Bootstrap, GenerationRequest
+from node.generation import Bootstrap, GenerationRequest, one_per_item
 from node.http.body import read_body
 from node.runtime import NodeRuntime
 
@@ -55,11 +54,9 @@ class GenerateRequest(BaseModel):
             raise BadRequest("the batch is empty")
 
         def per_prompt(name: str, value: Any) -> list[Any]:
-            if not isinstance(value, list):
-                return [value] * count
-            if not batched or len(value) != count:
-                raise BadRequest(f"{name} is a list of {len(value)}; the input has {count} prompts")
-            return value
+            if isinstance(value, list) and not batched:
+                raise BadRequest(f"{name} is a list; the input is one prompt")
+            return one_per_item(name, value, count, "prompts")
 
         params = per_prompt("sampling_params", self.sampling_params or SamplingParams())
         rids = per_prompt("rid", self.rid) if self.rid is not None else [None] * count
@@ -121,15 +118,6 @@ async def generate(request: Request) -> Response | list[dict[str, Any]] | dict[s
             service.stream(only), lambda update: [GenerateReply.of(only, update).model_dump()]
         )
         return stream_response(events)
-    outcomes = await asyncio.gather(
-        *(service.complete(r) for r in requests), return_exceptions=True
-    )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    finals: list[GenerationUpdate] = outcomes  # type: ignore[assignment]
-    for final in finals:
-        if final.finish is not None and final.finish.type == "abort":
-            raise aborted_error(final)
+    finals = await complete(service, requests)
     replies = [GenerateReply.of(r, f).model_dump() for r, f in zip(requests, finals, strict=True)]
     return replies if batched else replies[0]

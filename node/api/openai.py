@@ -1,8 +1,10 @@
 """OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
 
 Both generation routes run through the same `GenerationService` as `/generate`; they only
-translate parameters and reply shapes. Bootstrap fields are honoured as on `/generate`, so a
-router can disaggregate OpenAI traffic too.
+translate parameters and reply shapes. `n` > 1 runs one generation request per choice.
+Bootstrap fields are honoured as on `/generate` (one per choice when `n` > 1), so a router
+can disaggregate OpenAI traffic too. A request naming another model than the node's is 404,
+as vLLM answers it; errors come in OpenAI's shape (`node.http.errors`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.api.sse import stream_response
-from node.api.streaming import aborted_error, sse_from_updates
+from node.api.streaming import complete, sse_from_updates
 from node.engine import tokenizer
 from node.engine.engine import GenerationUpdate
 from node.engine.sampler import SamplingParams
-from node.errors import BadRequest
-from node.generation import Bootstrap, GenerationRequest
+from node.errors import BadRequest, ModelNotFound
+from node.generation import Bootstrap, GenerationRequest, one_per_item
 from node.http.body import read_body
 from node.runtime import NodeRuntime
 
 router = APIRouter(prefix="/v1")
+
+MAX_CHOICES = 128
 
 
 class StreamOptions(BaseModel):
@@ -42,17 +46,31 @@ class _OpenAIRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = 1
+    # Each choice is a generation request of its own: bounded like a batch.
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     rid: str | None = None
-    bootstrap_host: str | None = None
-    bootstrap_port: int | None = None
-    bootstrap_room: int | None = None
+    # One value for the request, or one per choice (prompt by prompt, `n` each), as a router
+    # sends them for `n` > 1.
+    bootstrap_host: str | list[str] | None = None
+    bootstrap_port: int | list[int] | None = None
+    bootstrap_room: int | list[int] | None = None
 
-    def generation_request(self, input_ids: list[int], max_tokens: int | None) -> GenerationRequest:
-        if self.n != 1:
-            raise BadRequest("only n=1 is supported")
+    def prompts(self) -> list[list[int]]:
+        """Token ids of each prompt."""
+        raise NotImplementedError
+
+    def max_new_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def to_requests(self, rid: str) -> list[GenerationRequest]:
+        """One generation request per choice, in the reply's order: each prompt `n` times."""
+        prompts = self.prompts()
+        count = len(prompts) * self.n
+        if self.stream and count > 1:
+            raise BadRequest("streaming takes one prompt and n=1")
+        max_tokens = self.max_new_tokens()
         sampling = SamplingParams.model_validate(
             {
                 "max_new_tokens": 16 if max_tokens is None else max_tokens,
@@ -62,30 +80,34 @@ class _OpenAIRequest(BaseModel):
                 "seed": self.seed,
             }
         )
-        return GenerationRequest(
-            rid=self.rid or uuid.uuid4().hex,
-            input_ids=input_ids,
-            sampling=sampling,
-            bootstrap=Bootstrap(
-                host=self.bootstrap_host, port=self.bootstrap_port, room=self.bootstrap_room
-            ),
-        )
+
+        hosts = one_per_item("bootstrap_host", self.bootstrap_host, count, "choices")
+        ports = one_per_item("bootstrap_port", self.bootstrap_port, count, "choices")
+        rooms = one_per_item("bootstrap_room", self.bootstrap_room, count, "choices")
+        return [
+            GenerationRequest(
+                rid=rid if count == 1 else f"{rid}-{i}",
+                input_ids=prompts[i // self.n],
+                sampling=sampling,
+                bootstrap=Bootstrap(host=hosts[i], port=ports[i], room=rooms[i]),
+            )
+            for i in range(count)
+        ]
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str] | list[int] | list[list[int]]
 
-    def to_request(self) -> GenerationRequest:
+    def prompts(self) -> list[list[int]]:
         prompt = self.prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-            ids = list(prompt)  # type: ignore[arg-type]
-        elif isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise BadRequest("a list prompt must hold exactly one string")
-            ids = tokenizer.encode(str(prompt[0]))
-        else:
-            ids = tokenizer.encode(prompt)
-        return self.generation_request(ids, self.max_tokens)
+        if isinstance(prompt, str):
+            return [tokenizer.encode(prompt)]
+        if not prompt:
+            raise BadRequest("prompt is empty")
+        if all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return [tokenizer.encode(p) if isinstance(p, str) else list(p)  # type: ignore[arg-type]
+                for p in prompt]
 
 
 class ChatMessage(BaseModel):
@@ -104,14 +126,14 @@ class ChatRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=0)
 
-    def to_request(self) -> GenerationRequest:
+    def prompts(self) -> list[list[int]]:
         prompt = "".join(f"<|{m.role}|>\n{m.text()}\n" for m in self.messages) + "<|assistant|>\n"
-        max_tokens = (
-            self.max_completion_tokens
-            if self.max_completion_tokens is not None
-            else self.max_tokens
-        )
-        return self.generation_request(tokenizer.encode(prompt), max_tokens)
+        return [tokenizer.encode(prompt)]
+
+    def max_new_tokens(self) -> int | None:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
 
 
 def _finish_reason(update: GenerationUpdate) -> Literal["stop", "length"] | None:
@@ -120,12 +142,13 @@ def _finish_reason(update: GenerationUpdate) -> Literal["stop", "length"] | None
     return "length" if update.finish.type == "length" else "stop"
 
 
-def _usage(request: GenerationRequest, update: GenerationUpdate) -> dict[str, int]:
-    prompt, completion = len(request.input_ids), len(update.output_ids)
+def _usage(prompt_tokens: int, finals: list[GenerationUpdate]) -> dict[str, int]:
+    """Every choice's tokens; each prompt counts once, however many choices it has."""
+    completion = sum(len(final.output_ids) for final in finals)
     return {
-        "prompt_tokens": prompt,
+        "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "total_tokens": prompt_tokens + completion,
     }
 
 
@@ -135,15 +158,16 @@ class _Renderer:
     def __init__(
         self,
         kind: Literal["completion", "chat"],
-        request: GenerationRequest,
+        rid: str,
+        prompt_tokens: int,
         model: str,
         usage: bool,
     ) -> None:
         self.kind = kind
-        self.request = request
+        self.prompt_tokens = prompt_tokens
         self.model = model
         self.include_usage = usage
-        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + request.rid
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
         self.created = int(time.time())
         self._sent = ""
         self._role_sent = False
@@ -157,20 +181,22 @@ class _Renderer:
             "choices": choices,
         }
 
-    def reply(self, final: GenerationUpdate) -> dict[str, Any]:
+    def _choice(self, index: int, final: GenerationUpdate) -> dict[str, Any]:
         reason = _finish_reason(final)
         if self.kind == "chat":
-            choice = {
-                "index": 0,
+            return {
+                "index": index,
                 "message": {"role": "assistant", "content": final.text},
                 "finish_reason": reason,
                 "logprobs": None,
             }
-            body = self._envelope("chat.completion", [choice])
-        else:
-            choice = {"index": 0, "text": final.text, "finish_reason": reason, "logprobs": None}
-            body = self._envelope("text_completion", [choice])
-        body["usage"] = _usage(self.request, final)
+        return {"index": index, "text": final.text, "finish_reason": reason, "logprobs": None}
+
+    def reply(self, finals: list[GenerationUpdate]) -> dict[str, Any]:
+        choices = [self._choice(i, final) for i, final in enumerate(finals)]
+        body = self._envelope("chat.completion" if self.kind == "chat" else "text_completion",
+                              choices)
+        body["usage"] = _usage(self.prompt_tokens, finals)
         return body
 
     def chunks(self, update: GenerationUpdate) -> Iterable[dict[str, Any]]:
@@ -203,7 +229,7 @@ class _Renderer:
             yield self._envelope(object_name, [choice])
         if reason and self.include_usage:
             chunk = self._envelope(object_name, [])
-            chunk["usage"] = _usage(self.request, update)
+            chunk["usage"] = _usage(self.prompt_tokens, [update])
             yield chunk
 
 
@@ -213,18 +239,22 @@ async def _serve(
     runtime: NodeRuntime = request.app.state.runtime
     model_type = ChatRequest if kind == "chat" else CompletionRequest
     body = await read_body(request, model_type, max_bytes=runtime.options.max_body_bytes)
-    one = body.to_request()
+    served = runtime.options.model_name
+    if body.model and body.model != served:
+        raise ModelNotFound(f"The model `{body.model}` does not exist.")
+    rid = body.rid or uuid.uuid4().hex
+    requests = body.to_requests(rid)
     service = runtime.service
-    service.validate(one)
-    service.check_admission([one])
+    for one in requests:
+        service.validate(one)
+    service.check_admission(requests)
     usage = body.stream_options is not None and body.stream_options.include_usage
-    renderer = _Renderer(kind, one, body.model or runtime.options.model_name, usage)
+    prompt_tokens = sum(len(one.input_ids) for one in requests[:: body.n])
+    renderer = _Renderer(kind, rid, prompt_tokens, served, usage)
     if body.stream:
-        return stream_response(sse_from_updates(service.stream(one), renderer.chunks))
-    final = await service.complete(one)
-    if final.finish is not None and final.finish.type == "abort":
-        raise aborted_error(final)
-    return renderer.reply(final)
+        (only,) = requests
+        return stream_response(sse_from_updates(service.stream(only), renderer.chunks))
+    return renderer.reply(await complete(service, requests))
 
 
 @router.post("/completions", response_model=None)

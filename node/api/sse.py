@@ -9,6 +9,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from node.errors import NodeError
+from node.http.errors import openai_error
 
 DONE = b"data: [DONE]\n\n"
 
@@ -18,9 +19,9 @@ def event(payload: dict[str, Any]) -> bytes:
 
 
 def error_event(error: NodeError) -> bytes:
-    return event(
-        {"error": {"message": error.message, "type": type(error).__name__, "code": error.status}}
-    )
+    """A stream's last event before `[DONE]` when it fails: the error in OpenAI's shape,
+    which OpenAI clients raise and SGLang's clients read."""
+    return event(openai_error(error))
 
 
 def stream_response(events: AsyncIterator[bytes]) -> StreamingResponse:

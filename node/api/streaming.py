@@ -1,4 +1,5 @@
-"""Turn a request's generation updates into SSE bytes, ending every stream with `[DONE]`.
+"""A route's generation requests run to their end: all at once for a reply (`complete`), or
+one as SSE bytes ending with `[DONE]` (`sse_from_updates`).
 
 A failure after the stream has started (KV never arrived, the request was aborted by a
 release) becomes an error event before `[DONE]`, so no streaming client is left hanging.
@@ -6,6 +7,7 @@ release) becomes an error event before `[DONE]`, so no streaming client is left 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
@@ -14,6 +16,7 @@ from typing import Any
 from node.api.sse import DONE, error_event, event
 from node.engine.engine import GenerationUpdate
 from node.errors import NodeError, RequestAborted
+from node.generation import GenerationRequest, GenerationService
 
 log = logging.getLogger("node")
 
@@ -25,6 +28,25 @@ def aborted_error(update: GenerationUpdate) -> RequestAborted:
         text=update.text,
         output_ids=update.output_ids,
     )
+
+
+async def complete(
+    service: GenerationService, requests: list[GenerationRequest]
+) -> list[GenerationUpdate]:
+    """Every request's final update, run at once (a batch, or one per OpenAI choice); the
+    first failure, or an abort, is the reply's error once all have ended."""
+    outcomes = await asyncio.gather(
+        *(service.complete(r) for r in requests), return_exceptions=True
+    )
+    finals: list[GenerationUpdate] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        finals.append(outcome)
+    for final in finals:
+        if final.finish is not None and final.finish.type == "abort":
+            raise aborted_error(final)
+    return finals
 
 
 async def sse_from_updates(

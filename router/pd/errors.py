@@ -1,10 +1,12 @@
 """What a client is told when its generation request cannot be served, defined once.
 
-The shape is the one OpenAI clients read, `{"error": {"message": ..., "code": <status>}}`,
+The shape is the one OpenAI clients read, `{"error": {"message", "type", "code": <status>}}`,
 whether it is the body of an HTTP error or, once a stream has started, an SSE event
 `data: {"error": ...}` (how OpenAI clients expect a stream to fail). A node failure adds
 the same fields the control fan-out reports: the node (`server`, `role`) and either its
 HTTP `status` with a capped `detail`, or the transport `error` (refused, reset, timeout).
+A node that refused the request lends it its own message and status (`node_message`), so a
+request every node refuses reads the same whichever node answered first.
 
     GenerationError             the request itself, or the fleet (400, 405, 422, 503)
     └── NodeError               a named node failed the request
@@ -22,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from pdfleet.vocabulary import openai_error_type
 from router.http.errors import ConnectionRefused, FailureKind, NodeTimeout, TransportError
 from router.http.reply import NodeReply
 from router.registry import Node
@@ -39,7 +42,7 @@ class GenerationError(Exception):
 
     def fields(self) -> dict[str, Any]:
         """The error object's fields, `code` aside."""
-        return {"message": self.message}
+        return {"message": self.message, "type": openai_error_type(self.status)}
 
     def body(self) -> dict[str, Any]:
         return {"error": {**self.fields(), "code": self.status}}
@@ -49,14 +52,49 @@ class GenerationError(Exception):
 
 
 class NodeError(GenerationError):
-    """`node` failed the request; `what` it did completes the message."""
+    """`node` failed the request; `what` it did completes the message, unless the node said
+    itself what was wrong (`own_message`)."""
 
-    def __init__(self, node: Node, status: int, what: str) -> None:
-        super().__init__(status, f"{node.role.value} node {node.url} {what}")
+    def __init__(self, node: Node, status: int, what: str, own_message: str = "") -> None:
+        super().__init__(status, own_message or f"{node.role.value} node {node.url} {what}")
         self.node = node
 
     def fields(self) -> dict[str, Any]:
-        return {"message": self.message, "server": self.node.url, "role": self.node.role.value}
+        return {**super().fields(), "server": self.node.url, "role": self.node.role.value}
+
+
+def node_message(body: bytes, text: str) -> tuple[str, str | None]:
+    """A node's own message in its error `body`, and its error type if it names one, read
+    from the shapes nodes answer with: OpenAI's, SGLang's and vLLM's `{"error": {"message",
+    "type"}}`, FastAPI's `{"detail": "..."}` or `{"detail": [{"msg", "loc"}, ...]}` (422),
+    pdfleet's and others' `{"message": ...}` or `{"error": "..."}`; else the (capped) `text`."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return text, None
+    if not isinstance(parsed, dict):
+        return text, None
+    error = parsed.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        kind = error.get("type")
+        return error["message"], kind if isinstance(kind, str) and kind else None
+    detail = parsed.get("detail")
+    if isinstance(detail, str):
+        return detail, None
+    if isinstance(detail, list) and detail:
+        return "; ".join(_validation_issue(issue) for issue in detail), None
+    for key in ("message", "error"):
+        if isinstance(parsed.get(key), str):
+            return parsed[key], None
+    return text, None
+
+
+def _validation_issue(issue: Any) -> str:
+    if not isinstance(issue, dict):
+        return str(issue)
+    where = ".".join(str(p) for p in issue.get("loc", ()) if p != "body")
+    message = str(issue.get("msg", "invalid"))
+    return f"{where}: {message}" if where else message
 
 
 def _reply_fields(reply: NodeReply) -> dict[str, Any]:
@@ -64,14 +102,19 @@ def _reply_fields(reply: NodeReply) -> dict[str, Any]:
 
 
 class NodeAnswered(NodeError):
-    """The node answered with a non-2xx status, relayed with its capped body."""
+    """The node answered with a non-2xx status: its status, its own message and error type
+    where its body has them, and its capped body as `detail`."""
 
     def __init__(self, node: Node, reply: NodeReply) -> None:
-        super().__init__(node, reply.status, f"answered HTTP {reply.status}")
+        message, self.node_type = node_message(reply.body, reply.text())
+        super().__init__(node, reply.status, f"answered HTTP {reply.status}", message.strip())
         self.reply = reply
 
     def fields(self) -> dict[str, Any]:
-        return {**super().fields(), **_reply_fields(self.reply)}
+        fields = {**super().fields(), **_reply_fields(self.reply)}
+        if self.node_type:
+            fields["type"] = self.node_type
+        return fields
 
 
 class ReplyTooLarge(NodeError):

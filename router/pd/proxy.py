@@ -147,11 +147,15 @@ class GenerationProxy:
             raise self._failed(node, exc) from None
 
     def _decode_reply(self, node: Node, reply: NodeReply) -> NodeReply:
-        if reply.ok and reply.truncated:
-            raise ReplyTooLarge(node, self._reply_bytes)
+        """Decode's 2xx reply; any other becomes the client's error, in the same shape as a
+        prefill node's (a request both refuse reads the same whichever answered first)."""
+        if reply.ok:
+            if reply.truncated:
+                raise ReplyTooLarge(node, self._reply_bytes)
+            return reply
         if reply.node_sleeping:
             raise self._asleep(node, reply)
-        return reply
+        raise NodeAnswered(node, reply)
 
     def _check_prefill(self, node: Node, call: asyncio.Future[NodeReply | NodeStream]) -> None:
         """Raise the client's error if the ended prefill `call` failed."""

@@ -28,11 +28,13 @@ class GenerationBody(BaseModel):
 class GenerationErrorBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     message: str
+    type: str
     code: int
 
 
 class GenerationError(BaseModel):
-    """OpenAI's error shape; a node's failure adds server, role and status or error."""
+    """OpenAI's error shape; a node's failure adds server, role and status (its message and
+    status are then the node's) or error."""
 
     error: GenerationErrorBody
 
@@ -47,17 +49,19 @@ GENERATION_REPLIES: dict[int | str, dict[str, Any]] = {
                       "text/event-stream": {"schema": {
                           "type": "object", "properties": {"data": {"type": "string"}}}}}},
     400: _error(400),
-    413: {"description": ERROR_MEANINGS[413],
-          "content": {"application/json": {"schema": {"type": "object"}}}},
+    413: _error(413),
     422: _error(422),
     503: _error(503),
-    "default": {"description": "A node's error reply, relayed with its status.",
-                "content": {"application/json": {"schema": {}}}},
+    "default": {"model": GenerationError,
+                "description": "A node's error: its status and its own message (a refusal, "
+                               "e.g. 404 for a model it does not serve), or the router's 502 "
+                               "or 504 when the node failed."},
 }
 
 MODELS_REPLIES: dict[int | str, dict[str, Any]] = {
     503: _error(503),
-    "default": GENERATION_REPLIES["default"],
+    "default": {"description": "A node's error reply, relayed with its status.",
+                "content": {"application/json": {"schema": {}}}},
 }
 
 

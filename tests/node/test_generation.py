@@ -179,10 +179,10 @@ async def test_openai_completion_matches_generate(
 
 async def test_openai_completion_streaming(openai_client: AsyncOpenAI) -> None:
     whole = await openai_client.completions.create(
-        model="m", prompt="flow", max_tokens=10, temperature=0
+        model="pdfleet-tiny", prompt="flow", max_tokens=10, temperature=0
     )
     stream = await openai_client.completions.create(
-        model="m", prompt="flow", max_tokens=10, temperature=0, stream=True
+        model="pdfleet-tiny", prompt="flow", max_tokens=10, temperature=0, stream=True
     )
     chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
@@ -192,13 +192,13 @@ async def test_openai_completion_streaming(openai_client: AsyncOpenAI) -> None:
 async def test_openai_chat_and_chat_streaming(openai_client: AsyncOpenAI) -> None:
     messages: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     whole = await openai_client.chat.completions.create(
-        model="m", messages=messages, max_tokens=10, temperature=0
+        model="pdfleet-tiny", messages=messages, max_tokens=10, temperature=0
     )
     assert whole.object == "chat.completion"
     assert whole.choices[0].message.role == "assistant"
     assert whole.usage is not None and whole.usage.completion_tokens == 10
     stream = await openai_client.chat.completions.create(
-        model="m", messages=messages, max_tokens=10, temperature=0, stream=True
+        model="pdfleet-tiny", messages=messages, max_tokens=10, temperature=0, stream=True
     )
     chunks = [chunk async for chunk in stream]
     assert all(c.object == "chat.completion.chunk" for c in chunks)

@@ -190,3 +190,50 @@ async def test_a_decode_node_that_refuses_declines_the_kv_so_prefill_frees_it_at
         prefill_status, _ = await to_prefill
     assert (prefill_status, decode_status) == (200, 503)
     await assert_kv_freed(http, long_ttl, body["bootstrap_room"], "declined by its decode node")
+
+
+async def test_n_choices_hand_off_one_room_each(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess, mixed_node: NodeProcess
+) -> None:
+    chat = {"messages": [{"role": "user", "content": "three choices"}], "max_tokens": 10,
+            "temperature": 0}
+    rooms = [next(_rooms) for _ in range(3)]
+    body = {**chat, "n": 3, "bootstrap_host": ["127.0.0.1"] * 3,
+            "bootstrap_port": [prefill.bootstrap_port] * 3, "bootstrap_room": rooms}
+    url = "{}/v1/chat/completions"
+    (p_status, p_reply), (d_status, d_reply), (m_status, m_reply) = await asyncio.gather(
+        post(http, url.format(prefill.url), body),
+        post(http, url.format(decode.url), body),
+        post(http, url.format(mixed_node.url), chat),
+    )
+    assert (p_status, d_status, m_status) == (200, 200, 200), (p_reply, d_reply)
+    expected = m_reply["choices"][0]["message"]["content"]
+    assert [c["index"] for c in d_reply["choices"]] == [0, 1, 2]
+    assert [c["message"]["content"] for c in d_reply["choices"]] == [expected] * 3
+    assert d_reply["usage"]["completion_tokens"] == 30
+    assert prefill.info()["held_kv_handoffs"] == 0
+
+
+async def test_a_list_of_bootstrap_rooms_must_have_one_per_choice(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess
+) -> None:
+    body = {"prompt": "x", "n": 3, "bootstrap_host": "127.0.0.1",
+            "bootstrap_port": prefill.bootstrap_port, "bootstrap_room": [1, 2]}
+    status, reply = await post(http, f"{decode.url}/v1/completions", body)
+    assert status == 400
+    assert "bootstrap_room is a list of 2; the request has 3 choices" in reply["error"]["message"]
+
+
+async def test_an_openai_stream_ends_with_an_openai_error_event(
+    http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess
+) -> None:
+    body = {"prompt": "nobody prefills this either", "stream": True,
+            "bootstrap_host": "127.0.0.1", "bootstrap_port": prefill.bootstrap_port,
+            "bootstrap_room": next(_rooms)}
+    async with http.post(f"{decode.url}/v1/completions", json=body) as stream:
+        assert stream.status == 200
+        events = await sse_events(stream)
+    assert events[-1] == "[DONE]"
+    error = events[-2]["error"]
+    assert error["type"] == "GatewayTimeoutError" and error["code"] == 504
+    assert "no KV for bootstrap_room" in error["message"]

@@ -64,6 +64,8 @@ async def test_bootstrap_port_is_null_when_prefill_has_none(stub_nodes, router, 
     ("/v1/completions", {"model": "m", "prompt": ["a", "b"]}, 2),
     ("/v1/completions", {"model": "m", "prompt": "a"}, None),
     ("/v1/completions", {"model": "m", "prompt": [5, 6, 7]}, None),
+    ("/v1/completions", {"model": "m", "prompt": "a", "n": 2}, 2),
+    ("/v1/completions", {"model": "m", "prompt": ["a", "b"], "n": 3}, 6),
     ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "a"}],
                               "n": 3}, 3),
     ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "a"}],
@@ -104,12 +106,15 @@ async def test_openai_routes_return_decode_reply(stub_nodes, router, http, path)
     assert all(prefill["json"][k] == sent["json"][k] for k in BOOTSTRAP_FIELDS)
 
 
-async def test_decode_status_and_body_are_returned(stub_nodes, router, http):
+async def test_decode_error_is_its_status_and_message_in_openais_shape(stub_nodes, router, http):
     stubs = stub_nodes([{}, {"routes": {"/generate": {"status": 429, "body": "json"}}}])
     r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
     async with http.post(f"{r.url}/generate", json={"text": "x"}) as resp:
         assert resp.status == 429
-        assert await resp.json() == {"error": "node failed", "code": 429}
+        assert await resp.json() == {"error": {
+            "message": "node failed", "type": "TooManyRequestsError", "code": 429,
+            "server": stubs.urls[1], "role": "decode", "status": 429,
+            "detail": '{"error": "node failed", "code": 429}'}}
 
 
 async def test_v1_models_comes_from_a_node(stub_nodes, router, http):
@@ -131,7 +136,8 @@ async def test_prefill_http_error_is_reported_promptly_and_decode_is_cancelled(
         error = (await resp.json())["error"]
     assert time.monotonic() - started < 3
     assert error["role"] == "prefill" and error["server"] == stubs.urls[0]
-    assert error["status"] == error["code"] == 500 and "prefill" in error["message"]
+    assert error["status"] == error["code"] == 500
+    assert error["message"] == error["detail"]  # a body with no message is told as its text
     assert error["detail"].startswith("node error") and len(error["detail"]) == 100
     await eventually(lambda: disconnected(http, stubs.urls[1]))
     await eventually(lambda: no_outstanding(http, r.url))
@@ -372,7 +378,9 @@ async def test_oversized_generation_body_is_413_and_reaches_no_node(stub_nodes, 
     stubs = stub_nodes([{}, {}])
     r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]), max_body_bytes=4096)
     async with http.post(f"{r.url}/v1/completions", json={"prompt": "a" * 8000}) as resp:
-        assert resp.status == 413 and "larger than" in (await resp.json())["detail"]
+        assert resp.status == 413
+        error = (await resp.json())["error"]
+    assert error["code"] == 413 and "larger than 4096 bytes" in error["message"]
 
     async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit counts bytes
         for _ in range(8):

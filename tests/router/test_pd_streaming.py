@@ -156,7 +156,9 @@ async def test_decode_error_status_is_relayed(stub_nodes, router, http):
     r = router(pd_fleet([stubs.urls[0]], [stubs.urls[1]]))
     async with http.post(f"{r.url}/generate", json={"text": "x", "stream": True}) as resp:
         assert resp.status == 400
-        assert await resp.json() == {"error": "node failed", "code": 400}
+        error = (await resp.json())["error"]
+    assert error["role"] == "decode" and error["code"] == error["status"] == 400
+    assert error["message"] == "node failed" and error["type"] == "BadRequestError"
     await eventually(lambda: no_outstanding(http, r.url))
 
 

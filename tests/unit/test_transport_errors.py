@@ -75,8 +75,9 @@ def test_an_unreachable_node_is_reported_with_its_transport_kind(
     assert error.kind == cause.kind
     assert error.status == (504 if cause.kind == "timeout" else 502)
     assert error.body() == {"error": {
-        "message": f"decode node {NODE.url} failed: {cause}", "server": NODE.url,
-        "role": "decode", "error": str(cause), "code": error.status}}
+        "message": f"decode node {NODE.url} failed: {cause}",
+        "type": "GatewayTimeoutError" if cause.kind == "timeout" else "BadGatewayError",
+        "server": NODE.url, "role": "decode", "error": str(cause), "code": error.status}}
 
 
 def test_only_a_refused_connection_or_a_sleeping_node_may_be_placed_elsewhere() -> None:
@@ -93,6 +94,6 @@ def test_a_node_answer_is_relayed_with_its_status_and_detail() -> None:
     error = NodeAnswered(NODE, NodeReply(429, b"slow down", False, "text/plain", 1.0))
     assert error.status == 429
     assert error.body() == {"error": {
-        "message": f"decode node {NODE.url} answered HTTP 429", "server": NODE.url,
+        "message": "slow down", "type": "TooManyRequestsError", "server": NODE.url,
         "role": "decode", "status": 429, "detail": "slow down", "code": 429}}
-    assert error.sse_event().startswith(b'data: {"error":{"message":"decode node')
+    assert error.sse_event().startswith(b'data: {"error":{"message":"slow down"')
