@@ -49,6 +49,13 @@ class HandoffGone(NodeError):
     status = 410
 
 
+class HandoffRefused(NodeError):
+    """The prefill node refused the request whose KV a decode node asked for (it was not
+    admitting: asleep or releasing memory), so that KV never comes."""
+
+    status = 503
+
+
 class PayloadTooLarge(NodeError):
     status = 413
 

@@ -91,19 +91,25 @@ class GenerationService:
             )
 
     def check_admission(self, requests: list[GenerationRequest]) -> None:
-        """Raise NotAdmitted while admission is closed. A decode node that refuses a request
-        will never pull its KV, so it tells the prefill node to drop it at once: otherwise
+        """Raise NotAdmitted while admission is closed. The router sends a request to both
+        nodes at once, so either may refuse what the other took. A decode node that refuses
+        will never pull the KV, so it tells the prefill node to drop it at once: otherwise
         the prefill node holds it (as in-flight work that its own release drains) until the
-        KV's TTL passes."""
+        KV's TTL passes. A prefill node that refuses will never compute the KV, so it answers
+        the decode node's pull with that refusal: otherwise the decode node waits out its
+        hand-off timeout (as in-flight work that its own release drains)."""
         try:
             self._admission.check()
         except NotAdmitted as refused:
-            if self._puller is not None:
-                for request in requests:
-                    boot = request.bootstrap
-                    if boot.host is not None and boot.port is not None and boot.room is not None:
-                        self._puller.decline(
-                            BootstrapTarget(boot.host, boot.port, boot.room), refused.message)
+            for request in requests:
+                boot = request.bootstrap
+                if boot.room is None:
+                    continue
+                if self._handoffs is not None:
+                    self._handoffs.refuse(boot.room, refused.message)
+                elif self._puller is not None and boot.host is not None and boot.port is not None:
+                    self._puller.decline(
+                        BootstrapTarget(boot.host, boot.port, boot.room), refused.message)
             raise
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:

@@ -2,7 +2,8 @@
 
 `GET /kv/{room}?wait_s=S` long-polls up to S seconds (default 10, at most 60) for the room's
 KV: 200 with the binary payload (see payload.py), 404 when it has not arrived in time (pull
-again), 410 when it was dropped, expired or already handed off (it never will arrive).
+again), 410 when it was dropped, expired or already handed off (it never will arrive), 503
+when this node refused the request (it was not admitting): its KV is never computed.
 `DELETE /kv/{room}?reason=...`: the decode node will never pull the room (it refused the
 request); its KV is freed now, or as soon as the prefill computes it.
 """

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from node.admission import InflightWork
-from node.errors import HandoffFailed, HandoffTimeout, RequestAborted
+from node.errors import HandoffFailed, HandoffRefused, HandoffTimeout, RequestAborted
 from node.pd.payload import CONTENT_TYPE, KVHandoff, decode
 from pdfleet.retry import RetryPolicy, retry
 
@@ -98,7 +98,8 @@ class KVPuller:
                 return None
             if reply.status != 200 or reply.content_type != CONTENT_TYPE:
                 detail = (await reply.content.read(_ERROR_BODY_BYTES)).decode(errors="replace")
-                raise HandoffFailed(
+                failure = HandoffRefused if reply.status == HandoffRefused.status else HandoffFailed
+                raise failure(
                     f"prefill node {target.host}:{target.port} answered the KV pull for "
                     f"room {target.room} with HTTP {reply.status}: {detail}",
                     bootstrap_room=target.room,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from node.admission import Admission, InflightWork
 from node.engine.engine import Engine, Prefilled
-from node.errors import BadRequest, HandoffGone, NodeError
+from node.errors import BadRequest, HandoffGone, HandoffRefused, NodeError
 from node.pd.payload import KVHandoff, encode
 
 _TOMBSTONES = 4096
@@ -41,6 +41,8 @@ class HandoffStore:
         self._gone: OrderedDict[int, str] = OrderedDict()
         # Rooms declined before their KV was computed: the KV is dropped as it arrives.
         self._declined: OrderedDict[int, str] = OrderedDict()
+        # Rooms whose request this node refused: their KV is never computed.
+        self._refused: OrderedDict[int, str] = OrderedDict()
         self._changed = asyncio.Event()
 
     @property
@@ -75,6 +77,8 @@ class HandoffStore:
         while room not in self._held:
             if room in self._gone:
                 raise HandoffGone(self._gone[room], room=room)
+            if room in self._refused:
+                raise HandoffRefused(self._refused[room], room=room)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise HandoffNotReady(f"no KV for room {room} within {wait_s:g}s", room=room)
@@ -106,6 +110,17 @@ class HandoffStore:
             while len(self._declined) > _TOMBSTONES:
                 self._declined.popitem(last=False)
         return False
+
+    def refuse(self, room: int, reason: str) -> None:
+        """This node refused the request for `room`: a decode node that took it fails its
+        pull at once (503) rather than waiting out its hand-off timeout, and its own release
+        need not wait for that request."""
+        if room in self._held:
+            return
+        self._refused[room] = f"the prefill node refused the request for room {room}: {reason}"
+        while len(self._refused) > _TOMBSTONES:
+            self._refused.popitem(last=False)
+        self._notify()
 
     def drop_all(self, reason: str) -> int:
         rooms = list(self._held)

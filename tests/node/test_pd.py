@@ -237,3 +237,27 @@ async def test_an_openai_stream_ends_with_an_openai_error_event(
     error = events[-2]["error"]
     assert error["type"] == "GatewayTimeoutError" and error["code"] == 504
     assert "no KV for bootstrap_room" in error["message"]
+
+
+@pytest.mark.parametrize("prefill_first", [True, False])
+async def test_a_prefill_node_that_refuses_fails_the_decode_nodes_pull_at_once(
+    http: aiohttp.ClientSession, start_node: StartNode, prefill_first: bool
+) -> None:
+    # A hand-off timeout far past the test's bound: only the refusal can end the pull in time.
+    asleep = start_node(role="prefill")
+    waiting = start_node("--kv-handoff-timeout-s", "300", role="decode")
+    status, _ = await post(http, f"{asleep.url}/release_memory_occupation", {"tags": None})
+    assert status == 200
+    body = pd_body(asleep, "prefill is asleep")
+    to_prefill = post(http, f"{asleep.url}/generate", body)
+    to_decode = asyncio.ensure_future(post(http, f"{waiting.url}/generate", body))
+    if prefill_first:
+        prefill_status, _ = await to_prefill
+    else:
+        await wait_for_info(http, waiting, lambda info: info["inflight"] == 1)
+        prefill_status, _ = await to_prefill
+    async with asyncio.timeout(20):
+        decode_status, reply = await to_decode
+    assert (prefill_status, decode_status) == (503, 503)
+    assert "refused the request" in str(reply)
+    assert waiting.info()["inflight"] == 0
