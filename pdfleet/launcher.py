@@ -49,8 +49,12 @@ class Child(ChildProcess):
 
 
 def _option(key: str, value: Any) -> list[str]:
-    """`pdfleet node` arguments for one `launch:` entry."""
-    flag = "--" + key.replace("_", "-")
+    """`pdfleet node` arguments for one `launch:` entry, under the flag `pdfleet node` reads
+    for that option (`faults` is `--fault RULE`, repeated)."""
+    from node.cli import FLAGS  # the node's options only where a fleet launches nodes
+
+    known = FLAGS.get(key)
+    flag = known.name if known is not None and known.name else "--" + key.replace("_", "-")
     if value is True:
         return [flag]
     if value is False or value is None:
