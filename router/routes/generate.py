@@ -19,12 +19,12 @@ from starlette.responses import Response
 from router.http.reply import NodeReply
 from router.pd.errors import GenerationError
 from router.pd.stream import DecodeStream
-from router.routes.generation_docs import MODELS_REPLIES
+from router.routes.generation_docs import GENERATION_ROUTES, MODELS_REPLIES
 from router.state import RouterState, router_state
 
 router = APIRouter()
 
-GENERATION_PATHS = frozenset(("/generate", "/v1/completions", "/v1/chat/completions"))
+GENERATION_PATHS = frozenset(GENERATION_ROUTES)
 
 
 async def answer(state: RouterState, path: str, body: bytes

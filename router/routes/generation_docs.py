@@ -58,6 +58,9 @@ GENERATION_REPLIES: dict[int | str, dict[str, Any]] = {
                                "or 504 when the node failed."},
 }
 
+# The router's generation routes, in the order the OpenAPI document lists them.
+GENERATION_ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
+
 MODELS_REPLIES: dict[int | str, dict[str, Any]] = {
     503: _error(503),
     "default": {"description": "A node's error reply, relayed with its status.",
@@ -71,7 +74,7 @@ async def _served_by_protocol() -> None:
     raise RuntimeError("the generation routes are served only by router.serving's protocol")
 
 
-for _path in ("/generate", "/v1/completions", "/v1/chat/completions"):
+for _path in GENERATION_ROUTES:
     router.add_api_route(
         _path, _served_by_protocol, methods=["POST"], name=_path.strip("/"),
         responses=GENERATION_REPLIES, openapi_extra=json_body(GenerationBody, required=True),
