@@ -81,6 +81,15 @@ def test_tags_naming_no_tag_is_a_usage_error_and_sends_nothing(stub_nodes, route
         assert json.loads(reply.read()) == []
 
 
+def test_an_unknown_tag_exits_2_with_the_routers_reason_and_no_node_called(stub_nodes, router):
+    stubs = stub_nodes([{}])
+    r = router([{"url": stubs.urls[0], "role": "mixed"}])
+    done = pdfleet("sleep", "--tags", "weight", "--router", r.url)
+    assert done.returncode == 2 and "valid tags are" in done.stderr
+    with urllib.request.urlopen(f"{stubs.urls[0]}/_stub/requests", timeout=5) as reply:
+        assert json.loads(reply.read()) == []
+
+
 def test_binary_node_errors_print_as_text_and_flags_as_words(stub_nodes, router):
     stubs = stub_nodes([{}, {"status": 500, "body": "binary", "size": 65536}])
     r = router([{"url": stubs.urls[0], "role": "prefill"},
