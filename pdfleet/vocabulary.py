@@ -17,6 +17,14 @@ class Operation(StrEnum):
     RELEASE = "release_memory_occupation"
     RESUME = "resume_memory_occupation"
     FLUSH = "flush_cache"
+    # The RL refit: pause generation, take new weights, continue.
+    PAUSE = "pause_generation"
+    CONTINUE = "continue_generation"
+    UPDATE_FROM_DISK = "update_weights_from_disk"
+    INIT_WEIGHTS_GROUP = "init_weights_update_group"
+    UPDATE_FROM_DISTRIBUTED = "update_weights_from_distributed"
+    # Any other engine route, fanned out as it is (`POST /fanout/{path}`).
+    FANOUT = "fanout"
 
     @property
     def short(self) -> str:
@@ -31,7 +39,19 @@ class Operation(StrEnum):
         raise ValueError(f"unknown operation {name!r}: one of {', '.join(_SHORT.values())}")
 
 
-_SHORT = {Operation.RELEASE: "release", Operation.RESUME: "resume", Operation.FLUSH: "flush"}
+_SHORT = {
+    Operation.RELEASE: "release",
+    Operation.RESUME: "resume",
+    Operation.FLUSH: "flush",
+    Operation.PAUSE: "pause",
+    Operation.CONTINUE: "continue",
+    Operation.UPDATE_FROM_DISK: "update",
+    Operation.INIT_WEIGHTS_GROUP: "init_group",
+    Operation.UPDATE_FROM_DISTRIBUTED: "update_distributed",
+    Operation.FANOUT: "fanout",
+}
+# The operations that change which weights a node serves.
+WEIGHT_UPDATES = frozenset({Operation.UPDATE_FROM_DISK, Operation.UPDATE_FROM_DISTRIBUTED})
 
 
 class MemoryTag(StrEnum):
@@ -72,6 +92,8 @@ SLEEPING_HEADER = "X-Pdfleet-Sleeping"
 WORKER_HEADER = "X-Pdfleet-Worker"
 # One id per control operation, the same on every node it reaches.
 REQUEST_ID_HEADER = "X-Request-Id"
+# The weight version that served a generation reply (SGLang's `meta_info.weight_version`).
+WEIGHT_VERSION_HEADER = "X-Pdfleet-Weight-Version"
 # Where the admin token comes from, for router, node and CLI alike.
 ADMIN_TOKEN_ENV = "PDFLEET_ADMIN_TOKEN"
 

@@ -30,6 +30,11 @@ class Policy(StrEnum):
     LEAST_OUTSTANDING = "least_outstanding"
 
 
+class VersionPolicy(StrEnum):
+    LATEST = "latest"
+    ANY = "any"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +49,9 @@ class RouterSettings(_Strict):
     poll_timeout_s: float = Field(2.0, gt=0)
     request_timeout_s: float = Field(3600.0, gt=0)
     max_body_bytes: int = Field(64 << 20, ge=1024)
+    # latest: serve only nodes at the fleet's weight version; any: every version (a PD pair
+    # is never split across versions either way).
+    version_policy: VersionPolicy = VersionPolicy.LATEST
 
 
 class NodeSpec(_Strict):
@@ -52,6 +60,8 @@ class NodeSpec(_Strict):
     bootstrap_port: int | None = Field(None, ge=1, le=65535)
     # The node's HTTP API: sglang (also pdfleet's own nodes) or vllm.
     engine: EngineName = DEFAULT_ENGINE
+    # Ranks the node takes in a weights-update group (its tensor-parallel size).
+    ranks: int = Field(1, ge=1)
     # `pdfleet node` options for nodes that `pdfleet up` starts on this machine.
     launch: dict[str, Any] | None = None
 

@@ -45,7 +45,12 @@ class Node:
     last_error: str | None = None
     checked_at: float | None = None
     latency_ms: float | None = None
-    version: int = 0
+    version: int = 0  # bumped by each control operation: see the module's docstring
+    ranks: int = 1  # ranks in a weights-update group
+    # The weights it serves (a string, or None when it names none); known once a poll or an
+    # update said.
+    weight_version: str | None = None
+    weight_version_known: bool = False
 
     @property
     def sleeping(self) -> bool:
@@ -148,7 +153,7 @@ class FleetRegistry:
         if spec.url in self._nodes:
             raise KeyError(spec.url)
         node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port,
-                    engine=spec.engine)
+                    engine=spec.engine, ranks=spec.ranks)
         self._nodes[spec.url] = node
         return node
 
@@ -185,6 +190,9 @@ class FleetRegistry:
             case Answered():
                 node.last_error = None
                 node.health = Health.UP
+                if outcome.weight_version is not None:
+                    node.weight_version = outcome.weight_version
+                    node.weight_version_known = True
                 if outcome.memory is not None:
                     node.memory = outcome.memory
                 if outcome.released_tags is not None:

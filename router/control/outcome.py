@@ -25,6 +25,8 @@ class Answered:
     # inferred from the operation (registry.tags_after).
     released_tags: list[str] | None = None
     memory: dict[str, Any] | None = None  # the node's memory afterwards, if it said
+    # The weights the node serves afterwards, where the operation set them or the node said.
+    weight_version: str | None = None
 
     @property
     def ok(self) -> bool:
