@@ -38,6 +38,8 @@ class NodeResult(BaseModel):
     error: str | None = Field(None, description="No HTTP answer: transport failure, or an "
                                                 "operation the node's engine cannot do.")
     kind: NodeFailureKind | None = None
+    rank_offset: int | None = Field(
+        None, description="init_weights_update_group: the node's first rank in the group.")
     # When the node's call began and ended, in ms from the operation's start: the operations
     # log's timeline, not part of the reply.
     started_ms: SkipJsonSchema[float] = Field(0.0, exclude=True)
@@ -45,9 +47,11 @@ class NodeResult(BaseModel):
 
     @classmethod
     def of(cls, server: str, role: Role, outcome: NodeOutcome, *,
-           started_ms: float, ended_ms: float) -> NodeResult:
+           started_ms: float, ended_ms: float, rank_offset: int | None = None) -> NodeResult:
         node: dict[str, Any] = {"server": server, "role": role, "started_ms": started_ms,
                                 "ended_ms": ended_ms}
+        if rank_offset is not None:  # set only where there is one: body() leaves unset out
+            node["rank_offset"] = rank_offset
         match outcome:
             case Answered(ok=True):
                 return cls(**node, elapsed_ms=outcome.elapsed_ms, status=outcome.status,
@@ -79,6 +83,7 @@ class ControlReport(BaseModel):
     success: bool = Field(False, description="Every node succeeded (the 200 reply).")
     message: str | None = Field(None, description="What failed (the 502 reply).")
     operation: Operation
+    path: str | None = Field(None, description="fanout: the node route it called.")
     request_id: str
     total: int
     succeeded: int | list[str] = Field(
@@ -93,23 +98,30 @@ class ControlReport(BaseModel):
     tags: SkipJsonSchema[list[str] | None] = Field(None, exclude=True)
     started_at: SkipJsonSchema[float] = Field(0.0, exclude=True)  # wall-clock seconds
     sequence: SkipJsonSchema[int] = Field(0, exclude=True)  # the control lock's count
+    # A weight update's version (None: it named none, or not a weight update), for the
+    # observer that keeps the fleet's version.
+    weight_version: SkipJsonSchema[str | None] = Field(None, exclude=True)
 
     @classmethod
     def of(cls, *, operation: Operation, request_id: str, results: list[NodeResult],
            elapsed_ms: float, rollback: list[NodeResult] | None = None,
            tags: list[str] | None = None, started_at: float = 0.0,
-           sequence: int = 0) -> ControlReport:
+           sequence: int = 0, path: str | None = None,
+           weight_version: str | None = None) -> ControlReport:
         """The report of `results` (every target node), with the fields of a 200 or a 502."""
         done = [r for r in results if r.ok]
         failures = [r for r in results if not r.ok]
         common: dict[str, Any] = {
             "operation": operation, "request_id": request_id, "total": len(results),
             "failed": len(failures), "nodes": done, "elapsed_ms": elapsed_ms, "tags": tags,
-            "started_at": started_at, "sequence": sequence}
+            "started_at": started_at, "sequence": sequence, "weight_version": weight_version}
+        if path is not None:  # set only for a fanout: body() leaves unset fields out
+            common["path"] = path
+        what = operation if path is None else f"{operation} /{path}"
         if not failures:
             return cls(success=True, succeeded=len(results), **common)
         report = cls(
-            message=f"{operation} failed on {len(failures)}/{len(results)} nodes",
+            message=f"{what} failed on {len(failures)}/{len(results)} nodes",
             succeeded=[r.server for r in done], failures=failures, **common)
         if rollback is not None:
             report.rollback = rollback

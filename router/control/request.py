@@ -1,11 +1,13 @@
 """A control request as the router's routes take it: SGLang's body
-(`{"tags": [...] | null, "drain": ...}`) on any route, and vLLM's query (`?tags=`, `?level=`,
-`?mode=`) on the routes vLLM clients call, checked and merged here before any node is called.
-A caller's mistake (a misspelt field, an unknown tag, a query key given twice) is a 400 here,
+(`{"tags": [...] | null, "drain": ...}`, `{"mode": ...}`, `{"model_path": ...}`, ...) on any
+route, and vLLM's query (`?tags=`, `?level=`, `?mode=`) on the routes vLLM clients call,
+checked and merged here before any node is called. A caller's mistake (a misspelt field, a
+missing or mistyped field, an unknown tag or mode, a query key given twice) is a 400 here,
 never a node's failure.
 
 The body goes to SGLang-speaking nodes verbatim, fields the router does not read included,
 unless the query or the route adds to it; then it is the merged object, re-serialized.
+`/fanout/{path}` reads no body: it goes to every node as it came.
 """
 
 from __future__ import annotations
@@ -14,20 +16,42 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
+from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import ErrorDetails
 from starlette.datastructures import QueryParams
 
-from pdfleet.vocabulary import MEMORY_TAGS, EngineName, MemoryTag, Operation, Role
+from pdfleet.vocabulary import (
+    MEMORY_TAGS,
+    WEIGHT_UPDATES,
+    EngineName,
+    MemoryTag,
+    Operation,
+    Role,
+)
 
 DrainMode = Literal["abort", "wait"]
 MODES: tuple[str, ...] = get_args(DrainMode)
 LEVELS = ("1", "2")
 MAX_TIMEOUT_S = 86400
+# How a pause treats in-flight requests, in SGLang's words (`wait`: pdfleet nodes drain them,
+# as a release's drain does), and in vLLM's (`keep` is SGLang's `in_place`; vLLM has no
+# `retract`, SGLang no `wait`).
+PauseMode = Literal["abort", "retract", "in_place", "wait"]
+SGLANG_PAUSE_MODES = ("abort", "retract", "in_place")
+VLLM_PAUSE_MODES = ("abort", "wait", "keep")
+PAUSE_FROM_VLLM: dict[str, PauseMode] = {"abort": "abort", "wait": "wait", "keep": "in_place"}
+PAUSE_TO_VLLM = {"abort": "abort", "in_place": "keep", "wait": "wait"}
+BOOLEANS = ("true", "false", "1", "0")  # what the router and vLLM both read as a bool
 # vLLM clients repeat `tags` (`?tags=weights&tags=kv_cache`); any other key given twice is
 # ambiguous, and which value would win is nobody's guess.
 REPEATABLE_QUERY_KEYS = frozenset({"tags"})
+# The query keys the router reads itself on every route, never forwarded to a node.
+ROUTER_QUERY_KEYS = frozenset({"timeout", "role"})
+# /fanout/{path} also filters by engine; every other key of its query reaches the nodes.
+FANOUT_QUERY_KEYS = ROUTER_QUERY_KEYS | {"engine"}
 # A body field this close to one of the route's fields is taken for a misspelling of it.
 NEAR_MISS_EDITS = 2
 # vLLM has two tags, SGLang four. On vLLM's routes, an SGLang-speaking node's CUDA graphs and
@@ -87,17 +111,29 @@ class ControlBody(BaseModel):
     @classmethod
     def parse(cls, raw: bytes) -> ControlBody | None:
         """The body of a control request; None when there is none (0 bytes: whitespace is a
-        body, and not JSON)."""
-        if not raw:
+        body, and not JSON) and the route needs none (no required fields)."""
+        if not raw and not any(field.is_required() for field in cls.model_fields.values()):
             return None
         try:
-            payload = json.loads(raw)
+            payload = json.loads(raw or b"{}")
         except ValueError as exc:
             raise BadControlRequest(f"request body is not valid JSON: {exc}") from None
         try:
             return cls.model_validate(payload)
         except ValidationError as exc:
-            raise BadControlRequest(str(exc.errors()[0]["ctx"]["error"])) from None
+            raise BadControlRequest(_described(exc.errors()[0])) from None
+
+
+def _described(error: ErrorDetails) -> str:
+    """One of pydantic's errors as a sentence naming the field: the validators' own message
+    where one of ours raised it, else pydantic's, after the field's name."""
+    raised = error.get("ctx", {}).get("error")
+    if raised is not None:
+        return str(raised)
+    field = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "missing":
+        return f"missing field {field!r}"
+    return f"field {field!r}: {error['msg']}, got {error['input']!r}"
 
 
 class ResumeBody(ControlBody):
@@ -146,8 +182,72 @@ class ReleaseBody(ResumeBody):
         return seconds
 
 
+class RefitBody(ControlBody):
+    """A body of the refit's routes: types are checked as they are (no "1" for 1), since
+    the node would refuse what the router let through."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class PauseBody(RefitBody):
+    """SGLang's pause_generation body."""
+
+    mode: Literal["abort", "retract", "in_place"] = Field(
+        "abort", description="In-flight requests: abort them, retract them to the queue (KV "
+                             "recomputed on continue), or keep them in place (frozen).")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _a_mode(cls, mode: Any) -> Any:
+        if mode not in SGLANG_PAUSE_MODES:
+            raise ValueError(
+                f"mode must be one of {', '.join(SGLANG_PAUSE_MODES)}; got {mode!r}")
+        return mode
+
+
+class UpdateFromDiskBody(RefitBody):
+    """SGLang's update_weights_from_disk body."""
+
+    model_path: str = Field(description="The checkpoint each node loads.")
+    load_format: str | None = None
+    weight_version: str | None = Field(
+        None, description="The version the nodes serve afterwards; a node already at it is "
+                          "left alone unless force=true.")
+    abort_all_requests: bool = False
+
+
+class InitWeightsGroupBody(RefitBody):
+    """SGLang's init_weights_update_group body: the trainer's process group, which every
+    target node joins with ranks of its own."""
+
+    master_address: str
+    master_port: int = Field(ge=1, le=65535)
+    rank_offset: int = Field(ge=0, description="The first node's first rank (the trainer "
+                                                "is rank 0, so normally 1).")
+    world_size: int = Field(ge=1, description="rank_offset plus every target node's ranks.")
+    group_name: str = "weight_update_group"
+    backend: str = "nccl"
+
+
+class UpdateFromDistributedBody(RefitBody):
+    """SGLang's update_weights_from_distributed body: tensors the trainer broadcasts."""
+
+    names: list[str]
+    dtypes: list[str]
+    shapes: list[list[int]]
+    group_name: str = "weight_update_group"
+    weight_version: str | None = Field(
+        None, description="The version the nodes serve afterwards; a node already at it is "
+                          "left alone unless force=true.")
+
+
 BODIES: dict[Operation, type[ControlBody]] = {
-    Operation.RELEASE: ReleaseBody, Operation.RESUME: ResumeBody, Operation.FLUSH: ControlBody}
+    Operation.RELEASE: ReleaseBody, Operation.RESUME: ResumeBody, Operation.FLUSH: ControlBody,
+    Operation.PAUSE: PauseBody, Operation.CONTINUE: ControlBody,
+    Operation.UPDATE_FROM_DISK: UpdateFromDiskBody,
+    Operation.INIT_WEIGHTS_GROUP: InitWeightsGroupBody,
+    Operation.UPDATE_FROM_DISTRIBUTED: UpdateFromDistributedBody,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +262,16 @@ class ControlRequest:
     authorization: str | None = None
     level: int = 1  # vLLM's sleep level
     mode: DrainMode | None = None  # what a release does with in-flight requests
+    pause_mode: PauseMode | None = None  # what a pause does with in-flight requests
+    # The query for nodes whose route takes one: vLLM's /pause, any /fanout path.
+    query: str = ""
+    path: str | None = None  # /fanout's node route, quoted
+    engine: EngineName | None = None  # None: nodes of every engine
+    model_path: str | None = None  # update from disk: the checkpoint
+    weight_version: str | None = None  # a weight update: the version it sets, if named
+    force: bool = False  # a weight update goes to nodes already at its version too
+    rank_offset: int | None = None  # init weights group: the first node's first rank
+    world_size: int | None = None  # init weights group: every rank, the trainer's included
 
 
 def control_request(
@@ -177,6 +287,8 @@ def control_request(
     """The request for `operation` from a route's body and query; BadControlRequest if
     either is malformed or they disagree. `dialect` is the API whose route was called."""
     _single_values(query)
+    if operation is Operation.PAUSE and dialect is EngineName.VLLM:
+        return _vllm_pause(raw, query, content_type, authorization, default_timeout_s)
     body = BODIES[operation].parse(raw)
     given = body.model_dump(mode="json", exclude_unset=True) if body is not None else {}
     fields: dict[str, Any] = {}
@@ -189,6 +301,8 @@ def control_request(
         level = int(_choice(query, "level", LEVELS) or 1)
         fields.update(_merge_mode(given, query))
     merged = {**given, **fields}
+    pause_mode = merged.get("mode", "abort") if operation is Operation.PAUSE else None
+    group = operation is Operation.INIT_WEIGHTS_GROUP
     return ControlRequest(
         operation=operation,
         body=json.dumps(merged).encode() if fields else raw,
@@ -200,7 +314,93 @@ def control_request(
         authorization=authorization,
         level=level,
         mode=merged.get("drain") if operation is Operation.RELEASE else None,
+        pause_mode=pause_mode,
+        query=_vllm_pause_query(pause_mode),
+        model_path=merged.get("model_path") if operation is Operation.UPDATE_FROM_DISK else None,
+        weight_version=merged.get("weight_version") if operation in WEIGHT_UPDATES else None,
+        force=_force(query.get("force"), operation),
+        rank_offset=merged.get("rank_offset") if group else None,
+        world_size=merged.get("world_size") if group else None,
     )
+
+
+def _vllm_pause(raw: bytes, query: QueryParams, content_type: str | None,
+                authorization: str | None, default_timeout_s: float) -> ControlRequest:
+    """vLLM's `/pause?mode=abort|wait|keep[&clear_cache=]`: its query goes to vLLM nodes as
+    it came (less the router's keys), and SGLang-speaking nodes get the same mode in their
+    words. An SGLang body (`{"mode": ...}`) works here too; with a query mode it must agree."""
+    asked = _choice(query, "mode", VLLM_PAUSE_MODES)
+    _choice(query, "clear_cache", BOOLEANS, case_blind=True)
+    body = PauseBody.parse(raw)
+    given = body.model_dump(mode="json", exclude_unset=True) if body is not None else {}
+    if asked is not None and given.get("mode", PAUSE_FROM_VLLM[asked]) != PAUSE_FROM_VLLM[asked]:
+        raise BadControlRequest(
+            f"the query's mode {asked!r} and the body's mode {given['mode']!r} disagree")
+    mode: PauseMode = PAUSE_FROM_VLLM[asked] if asked is not None else given.get("mode", "abort")
+    forwarded = [(key, value) for key, value in query.multi_items()
+                 if key not in ROUTER_QUERY_KEYS]
+    if asked is None and mode in PAUSE_TO_VLLM:
+        forwarded.append(("mode", PAUSE_TO_VLLM[mode]))
+    return ControlRequest(
+        operation=Operation.PAUSE,
+        body=json.dumps({**given, "mode": mode}).encode(),
+        content_type="application/json",
+        tags=None,
+        role=_role(query.get("role")),
+        timeout_s=_timeout(query.get("timeout"), default_timeout_s),
+        authorization=authorization,
+        pause_mode=mode,
+        query=urlencode(forwarded),
+    )
+
+
+def fanout_request(
+    path: str,
+    raw: bytes,
+    query: QueryParams,
+    *,
+    content_type: str | None,
+    authorization: str | None,
+    default_timeout_s: float,
+) -> ControlRequest:
+    """`POST /fanout/{path}`: `raw` and the query (less the router's keys) go to `path` on
+    every target node as they came. Refusing the router's own routes is the route's part:
+    it knows them."""
+    for key in FANOUT_QUERY_KEYS:
+        if len(query.getlist(key)) > 1:
+            raise BadControlRequest(f"query key {key!r} is given more than once")
+    return ControlRequest(
+        operation=Operation.FANOUT,
+        body=raw,
+        content_type=content_type,
+        tags=None,
+        role=_role(query.get("role")),
+        timeout_s=_timeout(query.get("timeout"), default_timeout_s),
+        authorization=authorization,
+        query=_forwarded(query, FANOUT_QUERY_KEYS),
+        path=node_path(path),
+        engine=_engine(query.get("engine")),
+    )
+
+
+def node_path(path: str) -> str:
+    """`/fanout`'s path as the node route it names: no leading or trailing slash, quoted again
+    (a `%3F` stays in the path, never becomes a query); empty or `..` is refused."""
+    stripped = path.strip("/")
+    if not stripped or any(part in ("", ".", "..") for part in stripped.split("/")):
+        raise BadControlRequest(f"fanout path must name a node route, got {path!r}")
+    return quote(stripped)
+
+
+def _forwarded(query: QueryParams, own: frozenset[str]) -> str:
+    return urlencode([(key, value) for key, value in query.multi_items() if key not in own])
+
+
+def _vllm_pause_query(mode: PauseMode | None) -> str:
+    """The query of vLLM's /pause for a pause mode in SGLang's words; none for `retract`,
+    which vLLM cannot do."""
+    vllm_mode = None if mode is None else PAUSE_TO_VLLM.get(mode)
+    return "" if vllm_mode is None else urlencode({"mode": vllm_mode})
 
 
 def _single_values(query: QueryParams) -> None:
@@ -229,11 +429,13 @@ def _query_tags(query: QueryParams) -> list[str] | None:
     return names
 
 
-def _choice(query: QueryParams, name: str, choices: tuple[str, ...]) -> str | None:
+def _choice(query: QueryParams, name: str, choices: tuple[str, ...],
+            case_blind: bool = False) -> str | None:
     value = query.get(name)
-    if value is not None and value not in choices:
+    seen = value.lower() if value is not None and case_blind else value
+    if seen is not None and seen not in choices:
         raise BadControlRequest(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+    return seen
 
 
 def _merge_tags(given: dict[str, Any], query: QueryParams) -> dict[str, Any]:
@@ -281,6 +483,25 @@ def _role(raw: str | None) -> Role | None:
     except ValueError:
         raise BadControlRequest(
             f"role must be one of {', '.join(Role)}; got {raw!r}") from None
+
+
+def _engine(raw: str | None) -> EngineName | None:
+    if raw is None:
+        return None
+    try:
+        return EngineName(raw)
+    except ValueError:
+        raise BadControlRequest(
+            f"engine must be one of {', '.join(EngineName)}; got {raw!r}") from None
+
+
+def _force(raw: str | None, operation: Operation) -> bool:
+    """`?force=true`: a weight update goes to nodes already at its version too."""
+    if raw is None or operation not in WEIGHT_UPDATES:
+        return False
+    if raw not in ("true", "false"):
+        raise BadControlRequest(f"force must be true or false; got {raw!r}")
+    return raw == "true"
 
 
 def _rollback(raw: str | None, operation: Operation) -> bool:

@@ -1,10 +1,11 @@
 """What the router asks of a node's engine, whatever its HTTP API.
 
-An engine adapter turns one control operation (release, resume, flush) into that engine's
-own node call(s), answered as a `NodeOutcome` (router/control/outcome.py), and one status
-probe into what the registry records. Every call goes through `router.http.client.call_node`, so
-deadlines and capped reads are the same for every engine, and a `TransportError` from it is
-the same `TransportFailed` outcome whichever engine met it.
+An engine adapter turns one control operation (release, resume, flush; pause, continue,
+weight updates; any route through /fanout) into that engine's own node call(s), answered
+as a `NodeOutcome` (router/control/outcome.py), and one status probe into what the registry
+records. Every call goes through `router.http.client.call_node`, so deadlines and capped
+reads are the same for every engine, and a `TransportError` from it is the same
+`TransportFailed` outcome whichever engine met it.
 Adding an engine is one module with one `Engine` subclass, listed in `router/engines/__init__.py`.
 """
 
@@ -16,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pdfleet.vocabulary import EngineName, Operation
+from pdfleet.vocabulary import WEIGHT_UPDATES, EngineName, Operation
 from router.control.outcome import Answered, NodeOutcome, TransportFailed
 from router.http.client import call_node
 from router.http.errors import TransportError
@@ -39,6 +40,18 @@ class ControlCall:
     mode: str | None  # "abort" | "wait": what a release does with in-flight requests
     deadline: float  # event-loop time
     released_tags: frozenset[str]  # what the node had released before this call
+    pause_mode: str | None = None  # a pause, in SGLang's words: abort|retract|in_place|wait
+    query: str = ""  # for vLLM's /pause and any /fanout path
+    path: str | None = None  # /fanout's node route
+    model_path: str | None = None  # update from disk: the checkpoint
+    weight_version: str | None = None  # a weight update: the version it sets, if named
+
+    @property
+    def route(self) -> str:
+        """The node route of SGLang's API that carries the operation (with its query)."""
+        if self.operation is Operation.FANOUT:
+            return f"/{self.path}" + (f"?{self.query}" if self.query else "")
+        return f"/{self.operation}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,17 @@ def error_answer(reply: NodeReply) -> Answered:
     """A non-2xx reply as the node's answer."""
     return Answered(status=reply.status, elapsed_ms=round(reply.elapsed_ms, 2),
                     detail=error_message(reply))
+
+
+def weight_version_after(call: ControlCall, result: Any) -> str | None:
+    """The weights a node serves after `call` succeeded: what its reply says (pdfleet nodes
+    do), else what the update named (vLLM never says one; SGLang says none); None when the
+    call was no weight update or named no version."""
+    if call.operation not in WEIGHT_UPDATES:
+        return None
+    if isinstance(result, dict) and isinstance(result.get("weight_version"), str):
+        return result["weight_version"]
+    return call.weight_version
 
 
 def json_object(reply: NodeReply | BaseException) -> dict[str, Any] | None:

@@ -7,14 +7,24 @@ and `/resume_memory_occupation` take `{"tags": [...] | null}` and answer 200 wit
 `/is_sleeping`; `/get_server_info` returns the server's arguments; `/health` answers 200 with an
 empty body. pdfleet nodes add `/is_sleeping`, and `released_tags` and `memory` in their
 replies, which the router uses wherever a node answers them.
+
+The refit's routes, same file: `POST /pause_generation {"mode": "abort"|"retract"|"in_place"}`
+and `POST /continue_generation` (both need a JSON body; they answer 200 `{"message",
+"status": "ok"}`); `POST /update_weights_from_disk` answers 200 `{"success": true, "message",
+"num_paused_requests"}` or 400 with `"success": false`; `/init_weights_update_group` and
+`/update_weights_from_distributed` answer `{"success", "message"}` (200 / 400). A body SGLang
+cannot read (an unknown pause mode) is a 400 from its validation handler. None of them says
+the weight version afterwards: the update's `weight_version` is it. pdfleet nodes take
+`{"mode": "wait"}` too (drain, as a release does) and say `weight_version` in their replies.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
-from pdfleet.vocabulary import MEMORY_TAGS, EngineName
+from pdfleet.vocabulary import MEMORY_TAGS, EngineName, Operation
 from router.control.outcome import Answered
 from router.engines.base import (
     ControlCall,
@@ -23,6 +33,7 @@ from router.engines.base import (
     error_answer,
     json_object,
     json_value,
+    weight_version_after,
 )
 from router.http.errors import TransportError
 
@@ -40,22 +51,34 @@ def reported_memory(result: Any) -> dict[str, Any] | None:
     return None
 
 
+def refused_pause(call: ControlCall, answer: Answered) -> Answered:
+    """A plain SGLang server refuses pause mode `wait` (only pdfleet nodes drain) with its
+    validation error: say so in the caller's words."""
+    if call.operation is not Operation.PAUSE or call.pause_mode != "wait" or answer.status not in (
+            400, 422):
+        return answer
+    return replace(answer, detail=f"this node refused pause mode 'wait' (SGLang pauses only "
+                                  f"with abort, retract or in_place): {answer.detail}")
+
+
 class SGLang(Engine):
     name = EngineName.SGLANG
 
     async def _control(self, url: str, call: ControlCall) -> Answered:
         body, headers = call.body, call.headers
-        if not body.strip():
+        if not body.strip() and call.operation is not Operation.FANOUT:
             # SGLang's handlers require a body (FastAPI answers 422 without one): an empty
-            # request (vLLM clients send none) is the empty object, i.e. every tag.
+            # request (vLLM clients send none) is the empty object, i.e. every tag, or the
+            # default pause mode.
             body, headers = b"{}", {**headers, "Content-Type": "application/json"}
-        reply = await self.post(f"{url}/{call.operation}", call, body, headers)
+        reply = await self.post(f"{url}{call.route}", call, body, headers)
         if not reply.ok:
-            return error_answer(reply)
+            return refused_pause(call, error_answer(reply))
         result = json_value(reply)
         return Answered(status=reply.status, elapsed_ms=round(reply.elapsed_ms, 2),
                         result=result, released_tags=reported_tags(result),
-                        memory=reported_memory(result))
+                        memory=reported_memory(result),
+                        weight_version=weight_version_after(call, result))
 
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:

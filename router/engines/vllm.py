@@ -10,16 +10,34 @@ and sleep always takes both: level 1 keeps the weights in host memory, level 2 d
 So a release of only one of them cannot be done and is this node's failure. Its executor
 ignores a sleep while already asleep, and a wake_up naming a tag that is not asleep, so the
 router only names tags that are released.
+
+The refit, from `vllm/entrypoints/serve/dev/rlhf/api_router.py`: `POST /pause?mode=abort|wait|
+keep[&clear_cache=]` (200 `{"status": "paused"}`), `POST /resume` (200 `{"status":
+"resumed"}`), `GET /is_paused`; and from `vllm/entrypoints/serve/dev/rpc/api_router.py`:
+`POST /collective_rpc {"method", "args", "kwargs"}` (200 `{"results": [...]}`), through which
+the workers' `reload_weights` loads a checkpoint. vLLM cannot retract requests, has no HTTP
+route to join a trainer's process group (its weight transfer has routes of its own), and
+never says which weights it serves.
 """
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlencode
 
 from pdfleet.vocabulary import EngineName, Operation
 from router.control.outcome import Answered, NodeOutcome, NoOp, Unsupported
-from router.engines.base import ControlCall, Engine, Probe, error_answer, json_object
+from router.engines.base import (
+    ControlCall,
+    Engine,
+    Probe,
+    error_answer,
+    json_object,
+    json_value,
+    weight_version_after,
+)
 from router.http.errors import TransportError
+from router.http.reply import NodeReply
 
 VLLM_TAGS = ("weights", "kv_cache")
 
@@ -28,12 +46,30 @@ class VLLM(Engine):
     name = EngineName.VLLM
 
     async def _control(self, url: str, call: ControlCall) -> NodeOutcome:
-        if call.operation is Operation.FLUSH:
-            return await self._post(f"{url}/reset_prefix_cache", call, None)
         asleep = call.released_tags & set(VLLM_TAGS)
-        if call.operation is Operation.RELEASE:
-            return await self._sleep(url, call, asleep)
-        return await self._wake_up(url, call, asleep)
+        match call.operation:
+            case Operation.FLUSH:
+                return await self._post(f"{url}/reset_prefix_cache", call, None)
+            case Operation.RELEASE:
+                return await self._sleep(url, call, asleep)
+            case Operation.RESUME:
+                return await self._wake_up(url, call, asleep)
+            case Operation.PAUSE if call.pause_mode == "retract":
+                return Unsupported("vLLM cannot retract requests: pause with mode abort or "
+                                   "in_place (vLLM's keep)")
+            case Operation.PAUSE:
+                return await self._post(
+                    f"{url}/pause" + (f"?{call.query}" if call.query else ""), call, None)
+            case Operation.CONTINUE:
+                return await self._post(f"{url}/resume", call, None)
+            case Operation.UPDATE_FROM_DISK:
+                rpc = {"method": "reload_weights", "kwargs": {"weights_path": call.model_path}}
+                return await self._post(f"{url}/collective_rpc", call, None,
+                                        json.dumps(rpc).encode())
+            case Operation.FANOUT:
+                return self._answer(await self.post(f"{url}{call.route}", call), call, None)
+        return Unsupported(f"vLLM has no HTTP route for {call.operation}: its weight "
+                           "transfer has routes of its own (through /fanout)")
 
     async def _sleep(self, url: str, call: ControlCall, asleep: set[str]) -> NodeOutcome:
         asked = set(VLLM_TAGS) if call.tags is None else set(call.tags) & set(VLLM_TAGS)
@@ -58,14 +94,23 @@ class VLLM(Engine):
         query = urlencode([("tags", t) for t in woken])
         return await self._post(f"{url}/wake_up?{query}", call, asleep - set(woken))
 
-    async def _post(self, url: str, call: ControlCall, after: set[str] | None) -> Answered:
-        # vLLM's routes take no body: send none, and no Content-Type for it.
+    async def _post(self, url: str, call: ControlCall, after: set[str] | None,
+                    body: bytes | None = None) -> Answered:
+        """POST `body` (JSON), or no body as vLLM's control routes take none; `after`: the
+        released tags afterwards, where the call changes them."""
         headers = {k: v for k, v in call.headers.items() if k.lower() != "content-type"}
-        reply = await self.post(url, call, None, headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return self._answer(await self.post(url, call, body, headers), call, after)
+
+    @staticmethod
+    def _answer(reply: NodeReply, call: ControlCall, after: set[str] | None) -> Answered:
         if not reply.ok:
             return error_answer(reply)
+        result = json_value(reply)
         return Answered(status=reply.status, elapsed_ms=round(reply.elapsed_ms, 2),
-                        released_tags=None if after is None else sorted(after))
+                        result=result, released_tags=None if after is None else sorted(after),
+                        weight_version=weight_version_after(call, result))
 
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:

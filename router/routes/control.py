@@ -1,19 +1,28 @@
-"""Cluster control: release, resume and flush on every node, in SGLang's shape
-(`/release_memory_occupation` with `{"tags": [...]}`) and in vLLM's (`/sleep?level=&mode=`,
-`/wake_up?tags=`, `GET /is_sleeping`), so clients written for either engine can point here.
-Each route hands its `ControlRequest` to the control plane (router/control/).
+"""Cluster control: release, resume and flush on every node, and the RL refit (pause, update
+weights, continue), in SGLang's shape (`/release_memory_occupation` with `{"tags": [...]}`,
+`/pause_generation {"mode"}`, ...) and in vLLM's (`/sleep?level=&mode=`, `/wake_up?tags=`,
+`GET /is_sleeping`, `/pause?mode=`, `/resume`), so clients written for either engine can
+point here; and `/fanout/{path}`, any other engine route on every node. Each route hands its
+`ControlRequest` to the control plane (router/control/).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from pdfleet.vocabulary import NODE_MAX_BODY_BYTES, EngineName, Operation
 from router.control.lock import OperationInProgress
 from router.control.report import ControlReport
-from router.control.request import BadControlRequest, control_request
+from router.control.request import (
+    BadControlRequest,
+    ControlRequest,
+    control_request,
+    fanout_request,
+)
 from router.routes import schemas
+from router.routes.generation_docs import GENERATION_ROUTES
 from router.state import State
 
 router = APIRouter()
@@ -25,7 +34,17 @@ ROUTES = {
     "resume_memory_occupation": (Operation.RESUME, EngineName.SGLANG),
     "wake_up": (Operation.RESUME, EngineName.VLLM),
     "flush_cache": (Operation.FLUSH, EngineName.SGLANG),
+    "pause_generation": (Operation.PAUSE, EngineName.SGLANG),
+    "pause": (Operation.PAUSE, EngineName.VLLM),
+    "continue_generation": (Operation.CONTINUE, EngineName.SGLANG),
+    "resume": (Operation.CONTINUE, EngineName.VLLM),
+    "update_weights_from_disk": (Operation.UPDATE_FROM_DISK, EngineName.SGLANG),
+    "init_weights_update_group": (Operation.INIT_WEIGHTS_GROUP, EngineName.SGLANG),
+    "update_weights_from_distributed": (Operation.UPDATE_FROM_DISTRIBUTED, EngineName.SGLANG),
 }
+FANOUT_ROUTE = "/fanout/{path:path}"
+# Paths the router serves itself (besides its routes): /fanout never sends them to a node.
+ROUTER_PREFIXES = ("cluster/", "dashboard/", "workers/", "metrics/", "fanout/")
 
 
 async def control_body(request: Request) -> bytes:
@@ -56,18 +75,59 @@ async def control(request: Request, state: State) -> JSONResponse:
             default_timeout_s=state.settings.control_timeout_s, dialect=dialect)
     except BadControlRequest as exc:
         raise HTTPException(400, detail=str(exc)) from None
+    return await run(control, state)
+
+
+async def fanout(path: str, request: Request, state: State) -> JSONResponse:
+    """`POST /{path}` on every target node, its body and query (less the router's `timeout`,
+    `role` and `engine`) as they came: any engine route the router has no route of its own
+    for (LoRA adapters, update_weight_version, custom RPCs)."""
+    state.admin(request)
+    raw = await control_body(request)
+    try:
+        control = fanout_request(
+            path, raw, request.query_params,
+            content_type=request.headers.get("content-type"),
+            authorization=request.headers.get("authorization"),
+            default_timeout_s=state.settings.control_timeout_s)
+        refuse_router_route(f"/{path.strip('/')}", request)
+    except BadControlRequest as exc:
+        raise HTTPException(400, detail=str(exc)) from None
+    return await run(control, state)
+
+
+def refuse_router_route(path: str, request: Request) -> None:
+    """A generation route or one of the router's own (fleet state, control, its documents)
+    is no node route to fan out: generation is placed on pairs, and control goes through its
+    own route, where it is checked and recorded."""
+    own = {route.path for route in request.app.routes
+           if isinstance(route, Route) and "{" not in route.path}
+    if (path in own or path in GENERATION_ROUTES
+            or path.removeprefix("/").startswith(ROUTER_PREFIXES)):
+        raise BadControlRequest(
+            f"/fanout does not send {path} to the nodes: the router serves it (generation, "
+            "fleet state, or a control operation, which has a route of its own)")
+
+
+async def run(control: ControlRequest, state: State) -> JSONResponse:
+    """Run `control` through the plane: the report, 200 or 502 when a node failed."""
     try:
         report = await state.control.run(control)
     except OperationInProgress as exc:
         raise HTTPException(409, detail=str(exc)) from None
+    except BadControlRequest as exc:
+        raise HTTPException(400, detail=str(exc)) from None
     if report.success:
         return JSONResponse(report.body())
     return JSONResponse({"detail": report.body()}, status_code=502)
 
 
-for _path, (_operation, _) in ROUTES.items():
+for _path, (_operation, _dialect) in ROUTES.items():
     router.add_api_route(f"/{_path}", control, methods=["POST"], name=_path,
-                         response_model=ControlReport, **schemas.control_route(_operation))
+                         response_model=ControlReport,
+                         **schemas.control_route(_operation, _dialect))
+router.add_api_route(FANOUT_ROUTE, fanout, methods=["POST"], name="fanout",
+                     response_model=ControlReport, **schemas.fanout_route())
 
 
 @router.get("/is_sleeping", response_model=schemas.SleepState)

@@ -12,14 +12,29 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pdfleet.vocabulary import MEMORY_TAGS, NODE_MAX_BODY_BYTES, Operation, Role
+from pdfleet.vocabulary import (
+    MEMORY_TAGS,
+    NODE_MAX_BODY_BYTES,
+    WEIGHT_UPDATES,
+    EngineName,
+    Operation,
+    Role,
+)
 from router.control.lock import RunningOperation
 from router.control.report import ControlFailed
-from router.control.request import BODIES, LEVELS, MAX_TIMEOUT_S, MODES
+from router.control.request import (
+    BODIES,
+    LEVELS,
+    MAX_TIMEOUT_S,
+    MODES,
+    VLLM_PAUSE_MODES,
+    ControlBody,
+)
 from router.registry import FleetSummary, NodeStatus
 
 ERROR_MEANINGS = {
-    400: "The request is malformed (body, tags or query); no node was called.",
+    400: "The request is malformed (body, tags or query; a weights-update group that does not "
+         "fit the nodes; a /fanout path the router serves itself); no node was called.",
     401: "The admin token is missing or wrong.",
     404: "Not found.",
     409: "Another control operation is running, or the worker is already registered.",
@@ -112,17 +127,51 @@ def json_body(model: type[BaseModel], required: bool) -> dict[str, Any]:
         "application/json": {"schema": body_schema(model)}}}}
 
 
-def control_route(operation: str) -> dict[str, Any]:
-    """The OpenAPI fields of a control route for `operation`."""
-    by_operation = {Operation.RELEASE: RELEASE_QUERY, Operation.RESUME: [TAGS_QUERY],
-                    Operation.FLUSH: []}
-    query = COMMON_QUERY + by_operation[operation]
+VLLM_PAUSE_QUERY = [
+    _query("mode", {"type": "string", "enum": list(VLLM_PAUSE_MODES)},
+           "In-flight requests: abort them, wait for them, or keep them frozen (SGLang's "
+           "in_place). Default abort."),
+    _query("clear_cache", {"type": "boolean"},
+           "vLLM nodes: clear the prefix cache after draining (sent to them as it is)."),
+]
+FORCE_QUERY = _query(
+    "force", {"type": "boolean"},
+    "Send the update to nodes already at its weight_version too (default: those are a no-op).")
+ENGINE_QUERY = _query("engine", {"type": "string", "enum": [e.value for e in EngineName]},
+                      "Only nodes of this engine.")
+
+
+def _control_responses() -> dict[int | str, dict[str, Any]]:
     return {
-        "responses": {
-            200: {"description": "Every node succeeded."},
-            502: {"model": ControlFailed, "description": ERROR_MEANINGS[502]},
-            **errors(400, 401, 409, 413, 422),
-        },
+        200: {"description": "Every node succeeded."},
+        502: {"model": ControlFailed, "description": ERROR_MEANINGS[502]},
+        **errors(400, 401, 409, 413, 422),
+    }
+
+
+def control_route(operation: Operation, dialect: EngineName) -> dict[str, Any]:
+    """The OpenAPI fields of a control route for `operation` in `dialect`'s shape."""
+    query = COMMON_QUERY + (
+        VLLM_PAUSE_QUERY if operation is Operation.PAUSE and dialect is EngineName.VLLM
+        else RELEASE_QUERY if operation is Operation.RELEASE
+        else [TAGS_QUERY] if operation is Operation.RESUME
+        else [FORCE_QUERY] if operation in WEIGHT_UPDATES
+        else [])
+    # A body is needed where the route has required fields (a weight update names its
+    # weights); any other route takes none as the empty object.
+    body = BODIES[operation]
+    required = any(field.is_required() for field in body.model_fields.values())
+    return {
+        "responses": _control_responses(),
         "openapi_extra": {"parameters": query,
-                          **json_body(BODIES[operation], required=False)},
+                          **json_body(body, required=required)},
+    }
+
+
+def fanout_route() -> dict[str, Any]:
+    """The OpenAPI fields of `POST /fanout/{path}`."""
+    return {
+        "responses": _control_responses(),
+        "openapi_extra": {"parameters": [*COMMON_QUERY, ENGINE_QUERY],
+                          **json_body(ControlBody, required=False)},
     }
