@@ -119,12 +119,20 @@ async def _request(method: str, url: str, payload: Any, wait_s: float) -> tuple[
                 return resp.status, text
 
 
-def _call_router(method: str, url: str, payload: Any = None, wait_s: float = 30) -> tuple[int, Any]:
+def _try_router(method: str, url: str, payload: Any, wait_s: float) -> tuple[int, Any] | str:
+    """The router's status and reply, or why it could not be reached."""
     try:
         return asyncio.run(_request(method, url, payload, wait_s))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        err_console.print(f"[red]router unreachable:[/red] {url}: {type(exc).__name__}: {exc}")
-        raise typer.Exit(2) from None
+        return f"{url}: {type(exc).__name__}: {exc}"
+
+
+def _call_router(method: str, url: str, payload: Any = None, wait_s: float = 30) -> tuple[int, Any]:
+    reply = _try_router(method, url, payload, wait_s)
+    if isinstance(reply, str):
+        err_console.print(f"[red]router unreachable:[/red] {reply}")
+        raise typer.Exit(2)
+    return reply
 
 
 def _node_name(url: str) -> str:
@@ -222,6 +230,91 @@ def wake(tags: TagsOpt = None, timeout: TimeoutOpt = None,
          router: RouterOpt = DEFAULT_ROUTER) -> None:
     """Resume memory on every node of the fleet."""
     _control(Operation.RESUME, tags, timeout, router)
+
+
+PAUSE_MODES = ("abort", "in_place")
+
+
+def _operation_url(router_url: str, operation: Operation, timeout: float | None) -> str:
+    url = f"{router_url.rstrip('/')}/{operation}"
+    return url if timeout is None else f"{url}?timeout={timeout}"
+
+
+def _refit_step(table: Table, operation: Operation, payload: dict[str, Any],
+                timeout: float | None, router_url: str) -> ControlReport | str:
+    """One step of a refit through the router, its nodes added to `table`; the report, or
+    why the router gave none."""
+    reply = _try_router("POST", _operation_url(router_url, operation, timeout), payload,
+                        (timeout or 120) + 15)
+    if isinstance(reply, str):
+        return f"router unreachable: {reply}"
+    status, body = reply
+    report = ControlReport.from_reply(status, body)
+    if report is None:
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+        return f"router refused {operation.short} ({status}): {printable(str(detail))}"
+    for row in report.nodes:
+        result = row.result if isinstance(row.result, dict) else {}
+        outcome = printable(str(result.get("noop") or "ok"))  # a no-op says why
+        table.add_row(operation.short, _node_name(row.server), row.role,
+                      f"[green]{outcome}[/green]",
+                      "-" if row.status is None else str(row.status),
+                      f"{row.elapsed_ms:.0f} ms")
+    for row in report.failures:
+        why = printable(row.error or f"{row.status}: {row.detail or ''}")
+        table.add_row(operation.short, _node_name(row.server), row.role, "[red]failed[/red]",
+                      Text(why), f"{row.elapsed_ms:.0f} ms")
+    return report
+
+
+@app.command()
+def refit(
+    model_path: Annotated[str, typer.Option(help="The checkpoint every node loads.")],
+    version: Annotated[str | None, typer.Option(
+        help="The weight version the nodes serve afterwards; nodes already at it are "
+             "skipped.")] = None,
+    mode: Annotated[str, typer.Option(
+        help="What the pause does with in-flight requests: abort, or in_place (frozen "
+             "until generation continues).")] = "abort",
+    timeout: TimeoutOpt = None,
+    router: RouterOpt = DEFAULT_ROUTER,
+) -> None:
+    """Pause generation, update every node's weights from disk, continue generation. A
+    failed pause or update stops the refit, but generation continues in any case: the
+    fleet is never left paused."""
+    if mode not in PAUSE_MODES:
+        err_console.print(f"[red]usage:[/red] --mode must be one of {', '.join(PAUSE_MODES)}; "
+                          f"got {mode!r}")
+        raise typer.Exit(2)
+    update: dict[str, Any] = {"model_path": model_path}
+    if version is not None:
+        update["weight_version"] = version
+    table = Table(title=f"refit to {model_path}" + (f" ({version})" if version else ""),
+                  box=box.SIMPLE_HEAD)
+    table.add_column("step")
+    table.add_column("node", no_wrap=True)
+    for column in ("role", "result", "status / error", "elapsed"):
+        table.add_column(column)
+    steps = [(Operation.PAUSE, {"mode": mode}), (Operation.UPDATE_FROM_DISK, update)]
+    stopped: str | None = None  # why the refit stopped before the last step
+    outcomes: list[ControlReport | str] = []
+    for operation, payload in steps:
+        outcome = _refit_step(table, operation, payload, timeout, router)
+        outcomes.append(outcome)
+        if isinstance(outcome, str) or outcome.failures:
+            stopped = outcome if isinstance(outcome, str) else (
+                f"{operation.short} failed on {len(outcome.failures)}/{outcome.total} nodes")
+            break
+    outcomes.append(_refit_step(table, Operation.CONTINUE, {}, timeout, router))
+    console.print(table)
+    refusals = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    for refusal in refusals:
+        err_console.print(f"[red]{refusal}[/red]")
+    if stopped is not None:
+        console.print(f"refit stopped: {stopped}; generation continued. Run it again to "
+                      "update the nodes left behind.")
+    failed = any(not isinstance(o, str) and o.failures for o in outcomes)
+    raise typer.Exit(2 if refusals else 1 if failed else 0)
 
 
 @app.command()

@@ -85,6 +85,8 @@ class StubNode:
         self.behavior = behavior
         self.received: list[dict[str, Any]] = []
         self.released: set[str] = set()
+        self.engine_state = stub_engines.EngineState(
+            weight_version=behavior.get("weight_version", "default"))
         self.last_chunk_released = asyncio.Event()
 
     def rule(self, path: str) -> dict[str, Any]:
@@ -183,16 +185,8 @@ class StubNode:
 
     def engine_reply(self, engine: str, request: web.Request, rule: dict[str, Any],
                      body: bytes) -> web.Response:
-        allowed = stub_engines.ROUTES[engine].get(request.path)
-        if allowed is None:
-            return stub_engines.not_found()
-        if request.method not in allowed:
-            return stub_engines.method_not_allowed(allowed)
-        if rule.get("fail"):
-            return stub_engines.failure(engine, str(rule["fail"]))
-        if engine == "sglang":
-            return stub_engines.sglang(request.path, body, self.released)
-        return stub_engines.vllm(request, self.released)
+        fail = str(rule["fail"]) if rule.get("fail") else None
+        return stub_engines.answer(engine, request, body, self.engine_state, fail)
 
     def status_reply(self, path: str) -> web.Response:
         if not self.behavior.get("status_routes", True):
