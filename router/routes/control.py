@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Match
 
 from pdfleet.vocabulary import NODE_MAX_BODY_BYTES, EngineName, Operation
 from router.control.lock import OperationInProgress
@@ -43,8 +43,9 @@ ROUTES = {
     "update_weights_from_distributed": (Operation.UPDATE_FROM_DISTRIBUTED, EngineName.SGLANG),
 }
 FANOUT_ROUTE = "/fanout/{path:path}"
-# Paths the router serves itself (besides its routes): /fanout never sends them to a node.
-ROUTER_PREFIXES = ("cluster/", "dashboard/", "workers/", "metrics/", "fanout/")
+# The fleet's state is the router's under these, whichever routes it has now: /fanout never
+# sends them to a node (nor any path one of the router's routes matches).
+ROUTER_PREFIXES = ("cluster/",)
 
 
 async def control_body(request: Request) -> bytes:
@@ -100,10 +101,9 @@ def refuse_router_route(path: str, request: Request) -> None:
     """A generation route or one of the router's own (fleet state, control, its documents)
     is no node route to fan out: generation is placed on pairs, and control goes through its
     own route, where it is checked and recorded."""
-    own = {route.path for route in request.app.routes
-           if isinstance(route, Route) and "{" not in route.path}
-    if (path in own or path in GENERATION_ROUTES
-            or path.removeprefix("/").startswith(ROUTER_PREFIXES)):
+    scope = {"type": "http", "path": path, "root_path": "", "method": "POST"}
+    own = any(route.matches(scope)[0] is not Match.NONE for route in request.app.routes)
+    if own or path in GENERATION_ROUTES or path.removeprefix("/").startswith(ROUTER_PREFIXES):
         raise BadControlRequest(
             f"/fanout does not send {path} to the nodes: the router serves it (generation, "
             "fleet state, or a control operation, which has a route of its own)")
