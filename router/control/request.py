@@ -339,7 +339,7 @@ def _vllm_pause(raw: bytes, query: QueryParams, content_type: str | None,
     mode: PauseMode = PAUSE_FROM_VLLM[asked] if asked is not None else given.get("mode", "abort")
     forwarded = [(key, value) for key, value in query.multi_items()
                  if key not in ROUTER_QUERY_KEYS]
-    if asked is None and mode in PAUSE_TO_VLLM:
+    if asked is None and "mode" in given and mode in PAUSE_TO_VLLM:
         forwarded.append(("mode", PAUSE_TO_VLLM[mode]))
     return ControlRequest(
         operation=Operation.PAUSE,
