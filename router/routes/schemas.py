@@ -28,7 +28,6 @@ from router.control.request import (
     MAX_TIMEOUT_S,
     MODES,
     VLLM_PAUSE_MODES,
-    ControlBody,
 )
 from router.registry import FleetSummary, NodeStatus
 
@@ -172,6 +171,8 @@ def fanout_route() -> dict[str, Any]:
     """The OpenAPI fields of `POST /fanout/{path}`."""
     return {
         "responses": _control_responses(),
+        # The body goes to the nodes as it came, whatever it is: the router reads none.
         "openapi_extra": {"parameters": [*COMMON_QUERY, ENGINE_QUERY],
-                          **json_body(ControlBody, required=False)},
+                          "requestBody": {"required": False, "content": {
+                              "application/json": {"schema": {}}}}},
     }
