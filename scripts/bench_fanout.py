@@ -1,8 +1,11 @@
-"""Control fan-out benchmark: wall time of one sleep through the router to N stub nodes that
-each take a fixed time, against that slowest node's own time; and the router's memory when a
-node answers with a 1 GiB error body.
+"""Control fan-out benchmark: wall time of one operation (a sleep, or a weight update from
+disk) through the router to N stub nodes that each take a fixed time, against that slowest
+node's own time; and the router's memory when a node answers with a 1 GiB error body.
 
     python scripts/bench_fanout.py [--nodes 8 64 512] [--delay 0.1] [--runs 10] [--json out.json]
+        [--operation release|update]
+
+Each update names a new weight version, so no node is skipped as already at it.
 
 The stub nodes run in one process pinned to CPU 0 and the router is pinned to CPU 1 (when
 the machine has two), so they do not compete for a core; with more than two CPUs this
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -27,9 +31,20 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pdfleet.vocabulary import Operation
 from router.http.client import call_node
 from router.http.pool import NodeClient, new_session
 from tests.procs import Router, StubNodes
+
+VERSIONS = itertools.count(1)
+
+
+def operation_body(operation: Operation) -> dict[str, Any]:
+    """The body of one benchmarked operation: a release of the KV cache, or an update from
+    disk to a version no node has yet."""
+    if operation is Operation.UPDATE_FROM_DISK:
+        return {"model_path": "/ckpt/step.safetensors", "weight_version": f"v{next(VERSIONS)}"}
+    return {"tags": ["kv_cache"]}
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -38,29 +53,31 @@ def pin(pid: int, cpu: int) -> None:
             proc.cpu_affinity([cpu])
 
 
-async def timed_release(http: aiohttp.ClientSession, url: str) -> tuple[float, dict[str, Any]]:
+async def timed_operation(http: aiohttp.ClientSession, url: str,
+                          operation: Operation) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
-    async with http.post(f"{url}/release_memory_occupation", json={"tags": ["kv_cache"]}) as resp:
+    async with http.post(f"{url}/{operation}", json=operation_body(operation)) as resp:
         body = await resp.json()
         assert resp.status == 200, body
     return (time.perf_counter() - started) * 1000, body
 
 
-async def timed_direct(client: NodeClient, urls: list[str]) -> float:
-    """The same release sent straight to every node at once with the router's own node
+async def timed_direct(client: NodeClient, urls: list[str], operation: Operation) -> float:
+    """The same operation sent straight to every node at once with the router's own node
     client, as the baseline: the slowest node's own time as a client sees it, stub serving
     costs included."""
     deadline = asyncio.get_running_loop().time() + 60
-    body = json.dumps({"tags": ["kv_cache"]}).encode()
+    body = json.dumps(operation_body(operation)).encode()
     started = time.perf_counter()
-    await asyncio.gather(*(call_node(client, "POST", f"{url}/release_memory_occupation",
+    await asyncio.gather(*(call_node(client, "POST", f"{url}/{operation}",
                                      deadline=deadline, body=body,
                                      headers={"Content-Type": "application/json"})
                            for url in urls))
     return (time.perf_counter() - started) * 1000
 
 
-async def fanout_case(tmp: Path, n: int, delay: float, runs: int) -> dict[str, Any]:
+async def fanout_case(tmp: Path, n: int, delay: float, runs: int,
+                      operation: Operation) -> dict[str, Any]:
     stubs = StubNodes([{"delay": delay} for _ in range(n)], timeout=120)
     router = Router(tmp, [{"url": u, "role": "decode"} for u in stubs.urls],
                     poll_interval_s=3600, control_timeout_s=60)
@@ -69,12 +86,12 @@ async def fanout_case(tmp: Path, n: int, delay: float, runs: int) -> dict[str, A
     try:
         client = new_session()
         async with aiohttp.ClientSession() as http:
-            cold_ms, _ = await timed_release(http, router.url)
-            await timed_direct(client, stubs.urls)
+            cold_ms, _ = await timed_operation(http, router.url, operation)
+            await timed_direct(client, stubs.urls, operation)
             walls, internals, directs = [], [], []
             for _ in range(runs):
-                directs.append(await timed_direct(client, stubs.urls))
-                wall, body = await timed_release(http, router.url)
+                directs.append(await timed_direct(client, stubs.urls, operation))
+                wall, body = await timed_operation(http, router.url, operation)
                 walls.append(wall)
                 internals.append(body["elapsed_ms"])
                 assert body["succeeded"] == n
@@ -85,7 +102,8 @@ async def fanout_case(tmp: Path, n: int, delay: float, runs: int) -> dict[str, A
     wall = statistics.median(walls)
     direct = statistics.median(directs)
     return {
-        "nodes": n, "node_delay_ms": delay * 1000, "direct_ms_p50": round(direct, 1),
+        "operation": operation.short, "nodes": n, "node_delay_ms": delay * 1000,
+        "direct_ms_p50": round(direct, 1),
         "cold_wall_ms": round(cold_ms, 1), "wall_ms_p50": round(wall, 1),
         "wall_ms_max": round(max(walls), 1),
         "router_elapsed_ms_p50": round(statistics.median(internals), 1),
@@ -124,16 +142,20 @@ async def main() -> None:
     parser.add_argument("--delay", type=float, default=0.1)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--huge-bytes", type=int, default=1 << 30)
+    parser.add_argument("--operation", choices=["release", "update"], default="release",
+                        help="what is fanned out: a release, or a weight update from disk")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) > 2:
         os.sched_setaffinity(0, {2})
     with tempfile.TemporaryDirectory() as tmp:
-        fanout = [await fanout_case(Path(tmp), n, args.delay, args.runs) for n in args.nodes]
+        operation = Operation.from_short(args.operation)
+        fanout = [await fanout_case(Path(tmp), n, args.delay, args.runs, operation)
+                  for n in args.nodes]
         huge = await huge_body_case(Path(tmp), args.huge_bytes)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
               f"Python {platform.python_version()}"
-    print(f"machine: {machine}\n")
+    print(f"machine: {machine}; operation: {args.operation}\n")
     print("| nodes | node delay | straight to nodes p50 | through router p50 | router max | "
           "overhead p50 | wall - delay p50 | first call |")
     print("|---|---|---|---|---|---|---|---|")
