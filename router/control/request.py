@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -182,6 +182,11 @@ class ReleaseBody(ResumeBody):
         return seconds
 
 
+WeightVersion = Annotated[str | None, Field(
+    description="The version the nodes serve afterwards; a node known to be at it already "
+                "is left alone unless force=true.")]
+
+
 class RefitBody(ControlBody):
     """A body of the refit's routes: types are checked as they are (no "1" for 1), since
     the node would refuse what the router let through."""
@@ -210,9 +215,7 @@ class UpdateFromDiskBody(RefitBody):
 
     model_path: str = Field(description="The checkpoint each node loads.")
     load_format: str | None = None
-    weight_version: str | None = Field(
-        None, description="The version the nodes serve afterwards; a node already at it is "
-                          "left alone unless force=true.")
+    weight_version: WeightVersion = None
     abort_all_requests: bool = False
 
 
@@ -236,9 +239,7 @@ class UpdateFromDistributedBody(RefitBody):
     dtypes: list[str]
     shapes: list[list[int]]
     group_name: str = "weight_update_group"
-    weight_version: str | None = Field(
-        None, description="The version the nodes serve afterwards; a node already at it is "
-                          "left alone unless force=true.")
+    weight_version: WeightVersion = None
 
 
 BODIES: dict[Operation, type[ControlBody]] = {
