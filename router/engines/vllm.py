@@ -67,9 +67,11 @@ class VLLM(Engine):
                 return await self._post(f"{url}/collective_rpc", call, None,
                                         json.dumps(rpc).encode())
             case Operation.FANOUT:
-                return self._answer(await self.post(f"{url}{call.route}", call), call, None)
-        return Unsupported(f"vLLM has no HTTP route for {call.operation}: its weight "
-                           "transfer has routes of its own (through /fanout)")
+                reply = await self.post(f"{url}{call.route}", call, call.body)
+                return self._answer(reply, call, None)
+        return Unsupported(f"vLLM has no HTTP route for {call.operation}: its weight transfer "
+                           "has routes of its own (init_weight_transfer_engine, update_weights; "
+                           "call them through /fanout)")
 
     async def _sleep(self, url: str, call: ControlCall, asleep: set[str]) -> NodeOutcome:
         asked = set(VLLM_TAGS) if call.tags is None else set(call.tags) & set(VLLM_TAGS)

@@ -252,6 +252,8 @@ async def test_fanout_sends_any_route_with_body_and_query_to_the_filtered_nodes(
     assert status == 502
     assert reply["detail"]["message"] == "fanout /v1/load_lora_adapter failed on 1/1 nodes"
     assert reply["detail"]["failures"][0]["status"] == 404
+    assert await posts_to(http, stubs.urls[2]) == [
+        ("/v1/load_lora_adapter", "", {"lora_name": "a"})]
 
 
 @pytest.mark.parametrize("path", [
