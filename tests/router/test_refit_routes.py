@@ -71,6 +71,21 @@ async def test_pause_generation_reaches_each_engine_in_its_own_words(fleet, http
     assert (await posts_to(http, vllm))[1] == ("/pause", "mode=abort", None)
 
 
+async def test_refit_operations_reach_the_operations_log_and_the_metrics(fleet, http):
+    r, _ = fleet
+    assert (await post(http, f"{r.url}/pause_generation", {"mode": "retract"}))[0] == 502
+    assert (await post(http, f"{r.url}/update_weights_from_disk", UPDATE))[0] == 200
+    async with http.get(f"{r.url}/cluster/operations") as resp:
+        operations = (await resp.json())["operations"]
+    assert [(o["operation"], o["outcome"]) for o in operations] == [
+        ("update_weights_from_disk", "success"), ("pause_generation", "partial")]
+    async with http.get(f"{r.url}/metrics") as resp:
+        metrics = await resp.text()
+    assert ('pdfleet_control_operations_total{operation="pause_generation",outcome="partial"} '
+            '1.0') in metrics
+    assert 'pdfleet_control_node_failures_total{kind="other",node=' in metrics
+
+
 async def test_a_retract_is_a_vllm_nodes_failure_and_the_others_pause(fleet, http):
     r, (pdfleet, sglang, vllm) = fleet
     status, reply = await post(http, f"{r.url}/pause_generation", {"mode": "retract"})
