@@ -1,7 +1,8 @@
 """Background status polling: every `poll_interval_s`, probe each node in its engine's API
-(router/engines: `/is_sleeping` and `/get_server_info` for SGLang and pdfleet nodes, vLLM's
-`/is_sleeping`; `/health` where those are missing), each probe bounded by `poll_timeout_s`,
-and record what it says.
+(router/engines: `/is_sleeping`, `/get_server_info` and `/get_weight_version` for SGLang and
+pdfleet nodes, vLLM's `/is_sleeping`; `/health` where those are missing), each probe bounded
+by `poll_timeout_s`, and record what it says. vLLM reports no weight version: a vLLM node
+keeps the one the router's last update through it set.
 
 A node that answers without saying whether it sleeps (plain SGLang lacks `/is_sleeping`) is
 still reachable; what it did not say stays `unknown` in the status view.
@@ -78,4 +79,6 @@ class StatusPoller:
             memory=probe.memory,
             inflight=probe.inflight,
             error=probe.error,
+            weight_version=probe.weight_version,
+            weight_version_known=probe.weight_version_known,
         )

@@ -50,6 +50,10 @@ class Probe:
     memory: dict[str, Any] | None = None
     inflight: int | None = None
     error: str | None = None
+    # The weights it serves where it said (`weight_version_known`): a string, or None when
+    # it names none.
+    weight_version: str | None = None
+    weight_version_known: bool = False
 
 
 def json_value(reply: NodeReply) -> Any:

@@ -6,7 +6,9 @@ and `/resume_memory_occupation` take `{"tags": [...] | null}` and answer 200 wit
 (`_create_error_response`); `POST /flush_cache` answers 200 with a line of text. There is no
 `/is_sleeping`; `/get_server_info` returns the server's arguments; `/health` answers 200 with an
 empty body. pdfleet nodes add `/is_sleeping`, and `released_tags` and `memory` in their
-replies, which the router uses wherever a node answers them.
+replies, which the router uses wherever a node answers them. The weights a node serves:
+`GET /get_weight_version` -> `{"weight_version": v}`, where a server has that route; else the
+`weight_version` of `/get_server_info` (the server's arguments) or of `GET /model_info`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class SGLang(Engine):
         replies = await asyncio.gather(
             self.get(f"{url}/is_sleeping", deadline),
             self.get(f"{url}/get_server_info", deadline),
+            self.get(f"{url}/get_weight_version", deadline),
             return_exceptions=True,
         )
         for reply in replies:
@@ -69,17 +72,36 @@ class SGLang(Engine):
                 raise reply
         if all(isinstance(r, TransportError) for r in replies):
             return Probe(reachable=False, error=str(replies[0]))
-        sleeping, info = (json_object(r) for r in replies)
-        if sleeping is None and info is None:
+        sleeping, info, version = (json_object(r) for r in replies)
+        if sleeping is None and info is None and version is None:
             return await self.health(url, deadline)
         sleeping, info = sleeping or {}, info or {}
         tags = sleeping.get("released_tags", info.get("released_tags"))
         if tags is None and isinstance(sleeping.get("is_sleeping"), bool):
             tags = list(MEMORY_TAGS) if sleeping["is_sleeping"] else []
         memory, inflight = info.get("memory"), info.get("inflight")
+        said = next((r for r in (version, info) if r is not None and said_version(r)), None)
+        if said is None:
+            said = await self._model_info(url, deadline)
         return Probe(
             reachable=True,
             released_tags=[str(t) for t in tags] if isinstance(tags, list) else None,
             memory=memory if isinstance(memory, dict) else None,
             inflight=inflight if isinstance(inflight, int) else None,
+            weight_version=said["weight_version"] if said is not None else None,
+            weight_version_known=said is not None,
         )
+
+    async def _model_info(self, url: str, deadline: float) -> dict[str, Any] | None:
+        """`GET /model_info`, where it says the weight version (the last place to ask)."""
+        try:
+            info = json_object(await self.get(f"{url}/model_info", deadline))
+        except TransportError:
+            return None
+        return info if info is not None and said_version(info) else None
+
+
+def said_version(reply: dict[str, Any]) -> bool:
+    """Whether `reply` names a weight version: a string, or null for none."""
+    return "weight_version" in reply and (
+        reply["weight_version"] is None or isinstance(reply["weight_version"], str))

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from pdfleet.vocabulary import MEMORY_TAGS, NODE_MAX_BODY_BYTES, Operation, Role
+from router.config import VersionPolicy
 from router.control.lock import RunningOperation
 from router.control.report import ControlFailed
 from router.control.request import BODIES, LEVELS, MAX_TIMEOUT_S, MODES
@@ -56,6 +57,8 @@ class ClusterStatus(BaseModel):
     control_operation: RunningOperation | None
     generated_at: float
     nodes: list[NodeStatus]
+    weight_version: str | None = Field(description="The fleet's weight version; null: none.")
+    version_policy: VersionPolicy
 
 
 def _query(name: str, schema: dict[str, Any], description: str,
