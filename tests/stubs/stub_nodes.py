@@ -26,7 +26,8 @@ fails), and the generation routes as below. Without it, each port answers:
   bytes if set, then `data: [DONE]`. With
   `"hold_last_chunk": true` the last chunk waits for `POST /_stub/release`. Each reply
   names the stub's weight version as a pdfleet node does: `meta_info.weight_version` on
-  /generate, the `X-Pdfleet-Weight-Version` header on all three routes;
+  /generate, the `X-Pdfleet-Weight-Version` header on all three routes (not with
+  `"version_header": false`, as SGLang, which reports its version but sends no such header);
 - `GET /v1/models`, `GET /health`: a one-model list, 200;
 - `GET /_stub/requests`: what it received (path, headers, body, and for generation
   `chunks_sent`, `completed`, `disconnected`: the client went away before the reply ended)
@@ -189,7 +190,8 @@ class StubNode:
         served_by = request.transport.get_extra_info("sockname")[1] if request.transport else 0
         # Only pdfleet nodes (the default stub) name their version in the header.
         version = None if self.behavior.get("engine") else self.weight_version
-        headers = {} if version is None else {WEIGHT_VERSION_HEADER: version}
+        sends_header = version is not None and self.behavior.get("version_header", True)
+        headers = {WEIGHT_VERSION_HEADER: version} if sends_header else {}
         if not payload.get("stream"):
             entry["completed"] = True
             return web.json_response(
