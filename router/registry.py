@@ -67,7 +67,8 @@ class Node:
     version: int = 0  # bumped by each control operation: see the module's docstring
     ranks: int = 1  # ranks in a weights-update group
     # The weights it serves (a string, or None when it names none); known once a poll or an
-    # update said.
+    # update said. Written through `FleetRegistry.set_weight_version`, which keeps the
+    # fleet's version current.
     weight_version: str | None = None
     weight_version_known: bool = False
 
@@ -207,23 +208,38 @@ class FleetRegistry:
         # The version the latest weight update through this router named: see the module's
         # docstring.
         self._updated_version: str | None = None
-        # The version most nodes report, counted again once a node's version changes.
-        self._reported_version: str | None = None
-        self._reported_current = True
+        # The fleet's version and whether every node is at it, counted again (on the next
+        # request that asks) once a node's version, the nodes or the named version change:
+        # placement asks on every generation request.
+        self._version: str | None = None
+        self._all_at_version = True
+        self._counted = True
         for spec in specs or []:
             self.add(spec)
+
+    def _count_versions(self) -> None:
+        if self._counted:
+            return
+        nodes = self._nodes.values()
+        self._version = self._updated_version
+        if self._version is None:
+            self._version = most_reported([
+                n.weight_version for n in nodes
+                if n.weight_version_known and n.weight_version is not None])
+        self._all_at_version = all(n.at_version(self._version) for n in nodes)
+        self._counted = True
 
     @property
     def weight_version(self) -> str | None:
         """The fleet's weight version; None while it has none."""
-        if self._updated_version is not None:
-            return self._updated_version
-        if not self._reported_current:
-            self._reported_version = most_reported([
-                n.weight_version for n in self._nodes.values()
-                if n.weight_version_known and n.weight_version is not None])
-            self._reported_current = True
-        return self._reported_version
+        self._count_versions()
+        return self._version
+
+    @property
+    def all_at_version(self) -> bool:
+        """Whether no node is stale (the usual case, in which versions change no placement)."""
+        self._count_versions()
+        return self._all_at_version
 
     @property
     def updated_version(self) -> str | None:
@@ -233,6 +249,7 @@ class FleetRegistry:
     def adopt_updated_version(self, version: str) -> None:
         """A weight update through this router (or another of its workers) named `version`."""
         self._updated_version = version
+        self._counted = False
 
     async def control_done(self, report: ControlReport) -> None:
         """As a control observer: a weight update sets the fleet's version."""
@@ -248,7 +265,7 @@ class FleetRegistry:
     def set_weight_version(self, node: Node, version: str | None) -> None:
         node.weight_version = version
         node.weight_version_known = True
-        self._reported_current = False
+        self._counted = False
 
     def add(self, spec: NodeSpec) -> Node:
         if spec.url in self._nodes:
@@ -260,7 +277,7 @@ class FleetRegistry:
 
     def remove(self, url: str) -> Node:
         node = self._nodes.pop(url.rstrip("/"))
-        self._reported_current = False
+        self._counted = False
         return node
 
     def get(self, url: str) -> Node | None:

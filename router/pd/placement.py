@@ -72,19 +72,22 @@ class Placer:
         self._mixed = make_policy(policy)
 
     def place(self) -> Placement:
-        fleet_version = self._registry.weight_version
-        # Under `latest` every candidate is at the fleet's version, so any two pair; so too
-        # while the fleet has no version.
-        one_version = self._latest or fleet_version is None
+        registry = self._registry
+        fleet_version = registry.weight_version
+        # Versions matter only where some node is not at the fleet's (rarely: after a
+        # failed or partial update, or during a refit). Under `latest` the candidates are
+        # then the nodes at the fleet's version, and any two of them pair.
+        apart = not registry.all_at_version
+        only_current = apart and self._latest
         prefill: list[Node] = []
         decode: list[Node] = []
         mixed: list[Node] = []
         by_role = {Role.PREFILL: prefill, Role.DECODE: decode, Role.MIXED: mixed}
-        for node in self._registry.all():
-            if node.routable and (not self._latest or node.at_version(fleet_version)):
+        for node in registry.all():
+            if node.routable and (not only_current or node.at_version(fleet_version)):
                 by_role[node.role].append(node)
         if prefill and decode:
-            if one_version:
+            if not apart or self._latest:
                 return Placement(decode=self._decode.pick(decode),
                                  prefill=self._prefill.pick(prefill))
             placement = self._same_version_pair(prefill, decode, fleet_version)
