@@ -116,6 +116,8 @@ async def add_worker(request: Request, state: State) -> dict:
         raise HTTPException(409, detail=f"worker {spec.url} is already registered") from None
     except MembershipBusy as exc:
         raise HTTPException(503, detail=str(exc)) from None
+    # Polled now: while the fleet has a weight version, a node serves once its own is known.
+    state.poller.refresh([node])
     return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port,
             "engine": node.engine}
 
