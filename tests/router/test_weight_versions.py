@@ -138,6 +138,23 @@ async def test_a_pd_pair_is_never_split_across_versions_even_under_any(stub_node
     assert rooms[d1] and rooms[d2] and not rooms[d3]  # every version that pairs serves
 
 
+async def test_a_node_added_to_a_fleet_with_a_version_serves_once_found_at_it(
+        stub_nodes, router, http):
+    stubs = stub_nodes([{"weight_version": "v2"}, {"weight_version": "v2"},
+                        {"weight_version": "v1"}])
+    first, added, behind = stubs.urls
+    r = router([{"url": first, "role": "mixed"}], poll_interval_s=3600)  # no second round
+    await fleet_at(http, r.url, "v2", {first: "v2"})
+    for url in (added, behind):
+        async with http.post(f"{r.url}/workers", json={"url": url, "role": "mixed"}) as resp:
+            assert resp.status == 201
+    await fleet_at(http, r.url, "v2", {added: "v2", behind: "v1"})
+    for _ in range(REQUESTS):
+        assert (await generate(http, r.url))[0] == 200
+    assert await served(http, stubs.urls) == Counter({first: REQUESTS // 2,
+                                                      added: REQUESTS // 2})
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_no_pair_at_the_fleets_version_is_a_503_naming_the_stale_nodes(
         stub_nodes, router, http, stream):
