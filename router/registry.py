@@ -273,6 +273,7 @@ class FleetRegistry:
         node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port,
                     engine=spec.engine, ranks=spec.ranks)
         self._nodes[spec.url] = node
+        self._counted = False
         return node
 
     def remove(self, url: str) -> Node:

@@ -133,6 +133,17 @@ def test_a_node_of_unknown_version_is_stale_only_once_the_fleet_has_a_version() 
     assert named_none.status_view("v1").weight_version is None
 
 
+def test_a_node_added_to_a_fleet_with_a_version_is_not_served_until_known_at_it() -> None:
+    registry, (known,) = fleet((Role.MIXED, "v1"))
+    placer = Placer(registry, Policy.ROUND_ROBIN)
+    assert registry.all_at_version and placer.place().decode is known
+    added = registry.add(NodeSpec(url="http://127.0.0.1:30999", role=Role.MIXED))
+    assert not registry.all_at_version and registry.stale() == [added]
+    assert {placer.place().decode.url for _ in range(4)} == {known.url}
+    registry.set_weight_version(added, "v1")
+    assert {placer.place().decode.url for _ in range(4)} == {known.url, added.url}
+
+
 def placements(placer: Placer, count: int) -> list[tuple[str, str | None]]:
     """The (decode, prefill) URLs of `count` placements in a row."""
     return [(p.decode.url, p.prefill.url if p.prefill is not None else None)
