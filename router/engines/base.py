@@ -56,6 +56,13 @@ class Probe:
     weight_version_known: bool = False
 
 
+def names_weight_version(reply: dict[str, Any] | None) -> bool:
+    """Whether a node's status `reply` names the weights it serves: `weight_version` a string,
+    or null for none."""
+    return reply is not None and "weight_version" in reply and (
+        reply["weight_version"] is None or isinstance(reply["weight_version"], str))
+
+
 def json_value(reply: NodeReply) -> Any:
     """The reply's JSON, or None when it is empty, cut short or not JSON."""
     if not reply.body or reply.truncated:

@@ -6,14 +6,13 @@ and `/resume_memory_occupation` take `{"tags": [...] | null}` and answer 200 wit
 (`_create_error_response`); `POST /flush_cache` answers 200 with a line of text. There is no
 `/is_sleeping`; `/get_server_info` returns the server's arguments; `/health` answers 200 with an
 empty body. pdfleet nodes add `/is_sleeping`, and `released_tags` and `memory` in their
-replies, which the router uses wherever a node answers them. The weights a node serves:
-`GET /get_weight_version` -> `{"weight_version": v}`, where a server has that route; else the
-`weight_version` of `/get_server_info` (the server's arguments) or of `GET /model_info`.
+replies, which the router uses wherever a node answers them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from pdfleet.vocabulary import MEMORY_TAGS, EngineName
@@ -25,6 +24,7 @@ from router.engines.base import (
     error_answer,
     json_object,
     json_value,
+    names_weight_version,
 )
 from router.http.errors import TransportError
 
@@ -61,6 +61,10 @@ class SGLang(Engine):
 
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:
+        """The weights a node serves: `GET /get_weight_version` -> `{"weight_version": v}`
+        where the server has that route (SGLang and pdfleet nodes do), else the
+        `weight_version` of `/get_server_info` (the server's arguments), else of
+        `GET /model_info`."""
         replies = await asyncio.gather(
             self.get(f"{url}/is_sleeping", deadline),
             self.get(f"{url}/get_server_info", deadline),
@@ -75,14 +79,16 @@ class SGLang(Engine):
         sleeping, info, version = (json_object(r) for r in replies)
         if sleeping is None and info is None and version is None:
             return await self.health(url, deadline)
+        said = next((r for r in (version, info) if names_weight_version(r)), None)
+        if said is None:
+            with contextlib.suppress(TransportError):
+                model_info = json_object(await self.get(f"{url}/model_info", deadline))
+                said = model_info if names_weight_version(model_info) else None
         sleeping, info = sleeping or {}, info or {}
         tags = sleeping.get("released_tags", info.get("released_tags"))
         if tags is None and isinstance(sleeping.get("is_sleeping"), bool):
             tags = list(MEMORY_TAGS) if sleeping["is_sleeping"] else []
         memory, inflight = info.get("memory"), info.get("inflight")
-        said = next((r for r in (version, info) if r is not None and said_version(r)), None)
-        if said is None:
-            said = await self._model_info(url, deadline)
         return Probe(
             reachable=True,
             released_tags=[str(t) for t in tags] if isinstance(tags, list) else None,
@@ -91,17 +97,3 @@ class SGLang(Engine):
             weight_version=said["weight_version"] if said is not None else None,
             weight_version_known=said is not None,
         )
-
-    async def _model_info(self, url: str, deadline: float) -> dict[str, Any] | None:
-        """`GET /model_info`, where it says the weight version (the last place to ask)."""
-        try:
-            info = json_object(await self.get(f"{url}/model_info", deadline))
-        except TransportError:
-            return None
-        return info if info is not None and said_version(info) else None
-
-
-def said_version(reply: dict[str, Any]) -> bool:
-    """Whether `reply` names a weight version: a string, or null for none."""
-    return "weight_version" in reply and (
-        reply["weight_version"] is None or isinstance(reply["weight_version"], str))
