@@ -42,15 +42,12 @@ class VersionsApart(NoRoute):
     """A route would exist if weight versions did not matter."""
 
 
-# A node's version as pairing reads it: the fleet's while the fleet has none.
-_NOT_KNOWN = object()
+_NOT_KNOWN = object()  # the version of a node that has not said it yet
 
 
-def pairing_version(node: Node, fleet_version: str | None) -> object:
-    """What must be equal for `node` to pair with another: its weight version; one not known
-    yet pairs only with another not known, unless the fleet has no version."""
-    if fleet_version is None:
-        return None
+def pairing_version(node: Node) -> object:
+    """What must be equal for `node` to pair with another while some node is stale: its
+    weight version; a node that has not said its own pairs only with another such node."""
     return node.weight_version if node.weight_version_known else _NOT_KNOWN
 
 
@@ -90,24 +87,23 @@ class Placer:
             if not apart or self._latest:
                 return Placement(decode=self._decode.pick(decode),
                                  prefill=self._prefill.pick(prefill))
-            placement = self._same_version_pair(prefill, decode, fleet_version)
+            placement = self._same_version_pair(prefill, decode)
             if placement is not None:
                 return placement
         if mixed:
             return Placement(decode=self._mixed.pick(mixed))
         raise self.why_not()
 
-    def _same_version_pair(self, prefill: list[Node], decode: list[Node],
-                           fleet_version: str | None) -> Placement | None:
+    def _same_version_pair(self, prefill: list[Node], decode: list[Node]) -> Placement | None:
         """A decode node by policy among those with a prefill node of their version, and
         such a prefill node by policy; None when no two share a version."""
-        versions = {pairing_version(p, fleet_version) for p in prefill}
-        paired = [d for d in decode if pairing_version(d, fleet_version) in versions]
+        versions = {pairing_version(p) for p in prefill}
+        paired = [d for d in decode if pairing_version(d) in versions]
         if not paired:
             return None
         chosen = self._decode.pick(paired)
-        version = pairing_version(chosen, fleet_version)
-        partners = [p for p in prefill if pairing_version(p, fleet_version) == version]
+        version = pairing_version(chosen)
+        partners = [p for p in prefill if pairing_version(p) == version]
         return Placement(decode=chosen, prefill=self._prefill.pick(partners))
 
     def why_not(self) -> NoRoute:
