@@ -20,6 +20,7 @@ from pdfleet.configs import CHAOS_SCENARIOS, LOCAL_FLEET
 from pdfleet.printable import printable
 from pdfleet.vocabulary import Operation
 from router.control.report import ControlReport
+from router.registry import NodeStatus
 from router.routes.schemas import ClusterStatus
 from router.security import admin_token_from_env
 
@@ -153,6 +154,14 @@ def _fmt_bytes(value: Any) -> str:
 def _yes_no(value: bool | str) -> str:
     """A tri-state flag in words: yes, no, or the router's "unknown"."""
     return value if isinstance(value, str) else "yes" if value else "no"
+
+
+def _node_version(node: NodeStatus) -> Text:
+    """The weights a node serves, `stale` beside it when they are not the fleet's."""
+    version = Text(printable(node.weight_version) if node.weight_version is not None else "none")
+    if node.stale:
+        version.append(" stale", style="bold yellow")
+    return version
 
 
 def _parse_tags(tags: str | None) -> list[str] | None:
@@ -333,10 +342,12 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
         print(json.dumps(body, indent=2))
         return
     summary = fleet.summary
+    version = "none" if fleet.weight_version is None else printable(repr(fleet.weight_version))
     table = Table(title=(f"{summary.total} nodes: {summary.up} up, {summary.down} down, "
-                         f"{summary.sleeping} sleeping"), box=box.SIMPLE_HEAD)
+                         f"{summary.sleeping} sleeping, {summary.stale} stale; weight version "
+                         f"{version} ({fleet.version_policy})"), box=box.SIMPLE_HEAD)
     table.add_column("node", no_wrap=True)
-    for column in ("role", "engine", "health", "asleep", "released", "memory used",
+    for column in ("role", "engine", "health", "asleep", "released", "version", "memory used",
                    "in flight", "last op", "last error"):
         table.add_column(column)
     for n in fleet.nodes:
@@ -345,7 +356,7 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
         table.add_row(
             _node_name(n.server), n.role, n.engine, n.health, _yes_no(n.sleeping),
             ",".join(released) if isinstance(released, list) else released,
-            _fmt_bytes(memory.get("used_bytes")), str(n.inflight),
+            _node_version(n), _fmt_bytes(memory.get("used_bytes")), str(n.inflight),
             _short_operation(n.last_op), Text(printable(n.last_error or "-")),
         )
     console.print(table)

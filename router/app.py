@@ -50,7 +50,7 @@ def create_app(
         session = new_session()
         poller = StatusPoller(registry, session, settings)
         control = ControlPlane(registry, session, settings, control_lock,
-                               observers=[poller, operations, metrics, peers])
+                               observers=[registry, poller, operations, metrics, peers])
         app.state.router = RouterState(
             settings=settings,
             registry=registry,

@@ -57,6 +57,15 @@ class FleetCollector(Collector):
         outstanding = GaugeMetricFamily(
             "pdfleet_node_outstanding_requests",
             "Generation requests this router has in flight on the node", labels=["node"])
+        version_info = GaugeMetricFamily(
+            "pdfleet_node_weight_version_info",
+            "1 for the weight version the node serves, where it is known",
+            labels=["node", "version"])
+        stale = GaugeMetricFamily(
+            "pdfleet_node_stale", "1 when the node is not at the fleet's weight version",
+            labels=["node", "role"])
+        fleet_version = self._registry.weight_version
+        served: set[str] = set()
         for node in self._registry.all():
             role = node.role.value
             up.add_metric([node.url, role], float(node.health is Health.UP))
@@ -69,7 +78,23 @@ class FleetCollector(Collector):
             if isinstance(memory.get("total_bytes"), int):
                 total.add_metric([node.url], memory["total_bytes"])
             outstanding.add_metric([node.url], node.outstanding)
-        yield from (up, sleeping, released, used, total, outstanding)
+            stale.add_metric([node.url, role], float(not node.at_version(fleet_version)))
+            if node.weight_version_known and node.weight_version is not None:
+                version_info.add_metric([node.url, node.weight_version], 1)
+                if node.routable:
+                    served.add(node.weight_version)
+        versions = GaugeMetricFamily(
+            "pdfleet_fleet_weight_versions",
+            "Distinct weight versions among the routable nodes: above 1 during a refit, or "
+            "after an update that failed on some nodes")
+        versions.add_metric([], len(served))
+        fleet = GaugeMetricFamily(
+            "pdfleet_fleet_weight_version_info", "1 for the fleet's weight version, if any",
+            labels=["version"])
+        if fleet_version is not None:
+            fleet.add_metric([fleet_version], 1)
+        yield from (up, sleeping, released, used, total, outstanding, version_info, stale,
+                    versions, fleet)
 
 
 class RouterMetrics:

@@ -9,7 +9,8 @@ them; never the public port): one unix socket per worker, one JSON line per mess
   fan-out, `Peers` (one of the control plane's observers) sends what the worker recorded for
   each target node to every peer and waits (bounded) for their acks before the reply: no
   worker routes to a node the fleet has just put to sleep, or keeps one asleep that it has
-  just woken.
+  just woken. A weight update's version travels with it, so every worker serves the version
+  the update named.
 - Node additions and removals: under `members.lock` (waited for, briefly), applied here, then
   sent to every peer and acked before the reply.
 
@@ -35,7 +36,7 @@ from router.config import NodeSpec
 from router.control.lock import ControlLock, try_flock, unlock
 from router.control.report import ControlReport
 from router.operations import OperationEntry
-from router.registry import FleetRegistry, Node, RecordedControl
+from router.registry import FleetRegistry, Node, RecordedControl, version_named
 
 log = logging.getLogger("pdfleet.router.peers")
 
@@ -84,6 +85,8 @@ class ControlDone(BaseModel):
     sequence: int
     nodes: list[RecordedControl]
     operation: OperationEntry
+    # The fleet's weight version from now on, when the operation was an update that set it.
+    weight_version: str | None = None
 
 
 class NodeAdded(BaseModel):
@@ -141,7 +144,7 @@ class Peers:
         recorded = [self._registry.recorded_control(r.server) for r in report.results]
         await self._broadcast(ControlDone(
             sequence=report.sequence, nodes=[r for r in recorded if r is not None],
-            operation=OperationEntry.of(report)))
+            operation=OperationEntry.of(report), weight_version=version_named(report)))
 
     async def add_node(self, spec: NodeSpec) -> Node:
         """Add a node on every worker; KeyError if it is registered already."""
@@ -236,6 +239,8 @@ class Peers:
                 self._applied_sequence = message.sequence
                 for recorded in message.nodes:
                     self._registry.adopt_control(recorded)
+                if message.weight_version is not None:
+                    self._registry.adopt_updated_version(message.weight_version)
                 self._on_peer_operation(message.operation)
             case NodeAdded(node=spec):
                 if self._registry.get(spec.url) is None:

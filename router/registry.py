@@ -4,21 +4,40 @@ This is where the fleet's state lives. Two sources write it: control operations 
 from each node's reply) and the status poller (periodically). A poll that started before a
 control operation changed a node must not overwrite what the operation learned, so each
 node carries a version that control operations bump.
+
+Weight versions: each node serves the weights of one version (a string, or None where the
+node names none), learned from polls and from weight updates. The fleet's version is the
+one the latest weight update through this router named (through any of its worker
+processes); a router that made none (just started, or a replica beside the router that did)
+takes the version most nodes report, a tie going to the version that sorts last in natural
+order (`step-10` after `step-9`), so replicas seeing the same nodes agree. A node not at the
+fleet's version is stale: placement leaves it out (`version_policy: latest`). A node whose
+version is not known yet counts as at the fleet's version only while the fleet has none.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from pdfleet.vocabulary import DEFAULT_ENGINE, MEMORY_TAGS, EngineName, Operation, Role
+from pdfleet.vocabulary import (
+    DEFAULT_ENGINE,
+    MEMORY_TAGS,
+    WEIGHT_UPDATES,
+    EngineName,
+    Operation,
+    Role,
+)
 from router.config import NodeSpec
 from router.control.outcome import Answered, NodeOutcome, NoOp, TransportFailed, Unsupported
+from router.control.report import ControlReport
 
 log = logging.getLogger("router.registry")
 
@@ -48,7 +67,8 @@ class Node:
     version: int = 0  # bumped by each control operation: see the module's docstring
     ranks: int = 1  # ranks in a weights-update group
     # The weights it serves (a string, or None when it names none); known once a poll or an
-    # update said.
+    # update said. Written through `FleetRegistry.set_weight_version`, which keeps the
+    # fleet's version current.
     weight_version: str | None = None
     weight_version_known: bool = False
 
@@ -64,7 +84,14 @@ class Node:
     def host(self) -> str:
         return self.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
 
-    def status_view(self) -> NodeStatus:
+    def at_version(self, fleet_version: str | None) -> bool:
+        """Whether the node serves the fleet's weights (`fleet_version`: the fleet's, None
+        while it has none)."""
+        if fleet_version is None:
+            return True
+        return self.weight_version_known and self.weight_version == fleet_version
+
+    def status_view(self, fleet_version: str | None) -> NodeStatus:
         unknown: Unknown = "unknown"
         return NodeStatus(
             server=self.url,
@@ -82,6 +109,8 @@ class Node:
             checked_at=self.checked_at,
             latency_ms=self.latency_ms,
             bootstrap_port=self.bootstrap_port,
+            weight_version=self.weight_version if self.weight_version_known else unknown,
+            stale=not self.at_version(fleet_version),
         )
 
 
@@ -107,6 +136,10 @@ class NodeStatus(BaseModel):
     checked_at: float | None
     latency_ms: float | None
     bootstrap_port: int | None
+    weight_version: str | Unknown | None = Field(
+        description="The weights it serves; null: it names none.")
+    stale: bool = Field(description="Not at the fleet's weight version: not served while "
+                                    "version_policy is latest.")
 
 
 class FleetSummary(BaseModel):
@@ -115,6 +148,7 @@ class FleetSummary(BaseModel):
     down: int
     sleeping: int
     routable: int
+    stale: int
 
 
 class RecordedControl(BaseModel, frozen=True):
@@ -132,6 +166,8 @@ class RecordedControl(BaseModel, frozen=True):
     node_inflight: int | None
     checked_at: float | None
     latency_ms: float | None
+    weight_version: str | None = None
+    weight_version_known: bool = False
 
 
 def tags_after(op: Operation, current: frozenset[str], tags: list[str] | None) -> frozenset[str]:
@@ -143,11 +179,93 @@ def tags_after(op: Operation, current: frozenset[str], tags: list[str] | None) -
     return current
 
 
+def version_named(report: ControlReport) -> str | None:
+    """The version `report`'s operation makes the fleet's: the one a weight update named,
+    once it took on at least one node (answered or had it already); else None."""
+    version: str | None = getattr(report, "weight_version", None)
+    if report.operation in WEIGHT_UPDATES and version is not None and report.nodes:
+        return version
+    return None
+
+
+def _natural_order(version: str) -> list[tuple[int, str]]:
+    """`version` as a sort key in which its numbers compare as numbers."""
+    return [(int(part), "") if part.isdigit() else (-1, part)
+            for part in re.split(r"(\d+)", version)]
+
+
+def most_reported(versions: list[str]) -> str | None:
+    """The version most of `versions` are; a tie goes to the one last in natural order."""
+    counts = Counter(versions)
+    if not counts:
+        return None
+    return max(counts, key=lambda v: (counts[v], _natural_order(v)))
+
+
 class FleetRegistry:
     def __init__(self, specs: list[NodeSpec] | None = None) -> None:
         self._nodes: dict[str, Node] = {}
+        # The version the latest weight update through this router named: see the module's
+        # docstring.
+        self._updated_version: str | None = None
+        # The fleet's version and whether every node is at it, counted again (on the next
+        # request that asks) once a node's version, the nodes or the named version change:
+        # placement asks on every generation request.
+        self._version: str | None = None
+        self._all_at_version = True
+        self._counted = True
         for spec in specs or []:
             self.add(spec)
+
+    def _count_versions(self) -> None:
+        if self._counted:
+            return
+        nodes = self._nodes.values()
+        self._version = self._updated_version
+        if self._version is None:
+            self._version = most_reported([
+                n.weight_version for n in nodes
+                if n.weight_version_known and n.weight_version is not None])
+        self._all_at_version = all(n.at_version(self._version) for n in nodes)
+        self._counted = True
+
+    @property
+    def weight_version(self) -> str | None:
+        """The fleet's weight version; None while it has none."""
+        self._count_versions()
+        return self._version
+
+    @property
+    def all_at_version(self) -> bool:
+        """Whether no node is stale (the usual case, in which versions change no placement)."""
+        self._count_versions()
+        return self._all_at_version
+
+    @property
+    def updated_version(self) -> str | None:
+        """The version the latest weight update through this router named, if any."""
+        return self._updated_version
+
+    def adopt_updated_version(self, version: str) -> None:
+        """A weight update through this router (or another of its workers) named `version`."""
+        self._updated_version = version
+        self._counted = False
+
+    async def control_done(self, report: ControlReport) -> None:
+        """As a control observer: a weight update sets the fleet's version."""
+        version = version_named(report)
+        if version is not None:
+            self.adopt_updated_version(version)
+
+    def stale(self) -> list[Node]:
+        """The nodes not at the fleet's weight version."""
+        fleet_version = self.weight_version
+        return [n for n in self._nodes.values() if not n.at_version(fleet_version)]
+
+    def set_weight_version(self, node: Node, version: str | None) -> None:
+        node.weight_version = version
+        node.weight_version_known = True
+        self._counted = False
 
     def add(self, spec: NodeSpec) -> Node:
         if spec.url in self._nodes:
@@ -155,10 +273,13 @@ class FleetRegistry:
         node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port,
                     engine=spec.engine, ranks=spec.ranks)
         self._nodes[spec.url] = node
+        self._counted = False
         return node
 
     def remove(self, url: str) -> Node:
-        return self._nodes.pop(url.rstrip("/"))
+        node = self._nodes.pop(url.rstrip("/"))
+        self._counted = False
+        return node
 
     def get(self, url: str) -> Node | None:
         return self._nodes.get(url.rstrip("/"))
@@ -191,8 +312,7 @@ class FleetRegistry:
                 node.last_error = None
                 node.health = Health.UP
                 if outcome.weight_version is not None:
-                    node.weight_version = outcome.weight_version
-                    node.weight_version_known = True
+                    self.set_weight_version(node, outcome.weight_version)
                 if outcome.memory is not None:
                     node.memory = outcome.memory
                 if outcome.released_tags is not None:
@@ -211,6 +331,8 @@ class FleetRegistry:
             sleep_state_known=node.sleep_state_known, last_op=node.last_op,
             last_error=node.last_error, memory=node.memory, node_inflight=node.node_inflight,
             checked_at=node.checked_at, latency_ms=node.latency_ms,
+            weight_version=node.weight_version,
+            weight_version_known=node.weight_version_known,
         )
 
     def adopt_control(self, recorded: RecordedControl) -> None:
@@ -229,6 +351,8 @@ class FleetRegistry:
         node.node_inflight = recorded.node_inflight
         node.checked_at = recorded.checked_at
         node.latency_ms = recorded.latency_ms
+        if recorded.weight_version_known:
+            self.set_weight_version(node, recorded.weight_version)
 
     def record_poll(
         self,
@@ -241,8 +365,11 @@ class FleetRegistry:
         memory: dict[str, Any] | None,
         inflight: int | None,
         error: str | None,
+        weight_version: str | None = None,
+        weight_version_known: bool = False,
     ) -> None:
-        """Record a status poll that began when the node was at `version`."""
+        """Record a status poll that began when the node was at `version`; its weight
+        version where it said one (`weight_version_known`)."""
         node.checked_at = time.time()
         node.latency_ms = round(latency_ms, 2)
         if not reachable:
@@ -258,6 +385,8 @@ class FleetRegistry:
         if released_tags is not None:
             node.released_tags = frozenset(released_tags)
             node.sleep_state_known = True
+        if weight_version_known:
+            self.set_weight_version(node, weight_version)
 
     def mark_asleep(self, node: Node) -> None:
         """`node` said it sleeps (a generation 503 with the sleeping marker), perhaps put to
@@ -277,10 +406,12 @@ class FleetRegistry:
 
     def summary(self) -> FleetSummary:
         nodes = self.all()
+        fleet_version = self.weight_version
         return FleetSummary(
             total=len(nodes),
             up=sum(n.health is Health.UP for n in nodes),
             down=sum(n.health is Health.DOWN for n in nodes),
             sleeping=sum(n.sleeping for n in nodes),
             routable=sum(n.routable for n in nodes),
+            stale=sum(not n.at_version(fleet_version) for n in nodes),
         )

@@ -26,6 +26,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from pdfleet.vocabulary import WEIGHT_VERSION_HEADER
 from router.http.reply import NodeReply
 from router.pd.errors import GenerationError
 from router.pd.stream import DecodeStream
@@ -40,6 +41,7 @@ from router.state import RouterState
 log = logging.getLogger("router")
 
 _STATUS_LINES: dict[int, bytes] = {}
+_WEIGHT_VERSION = WEIGHT_VERSION_HEADER.lower().encode()
 
 
 def _status_line(status: int) -> bytes:
@@ -160,7 +162,8 @@ class DirectCycle:
         self._send_error(GenerationError(413, f"request body larger than {limit} bytes"))
 
     def _send_reply(self, reply: NodeReply) -> int:
-        self._write_whole(reply.status, reply.content_type.encode() or None, reply.body, [])
+        self._write_whole(reply.status, reply.content_type.encode() or None, reply.body,
+                          _version_header(reply.weight_version))
         return reply.status
 
     def _send_error(self, exc: GenerationError,
@@ -196,7 +199,8 @@ class DirectCycle:
 
     async def _relay(self, stream: DecodeStream) -> None:
         cycle = self._cycle
-        parts = self._head(stream.status, [(b"content-type", stream.content_type.encode())],
+        parts = self._head(stream.status, [(b"content-type", stream.content_type.encode()),
+                                           *_version_header(stream.weight_version)],
                            close=False)
         parts.append(b"transfer-encoding: chunked\r\n\r\n")
         transport, flow = cycle.transport, cycle.flow
@@ -222,6 +226,11 @@ class DirectCycle:
         if not cycle.keep_alive:
             cycle.transport.close()
         cycle.on_response()
+
+
+def _version_header(version: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The weight version that served a reply, as its header (none when not known)."""
+    return [] if version is None else [(_WEIGHT_VERSION, version)]
 
 
 # What this module uses of uvicorn beyond its public API: the hook that starts a request's

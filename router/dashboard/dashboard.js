@@ -36,6 +36,9 @@ function renderSummary(status) {
   $("sum-down").textContent = s.down;
   $("sum-asleep").textContent = s.sleeping;
   $("sum-routable").textContent = `${s.routable}/${s.total}`;
+  $("sum-stale").textContent = s.stale;
+  $("sum-version").textContent = versionLabel(status.weight_version);
+  $("sum-version").title = `version_policy: ${status.version_policy}`;
   const { used, total } = memoryTotals(status.nodes);
   $("sum-memory").textContent = total ? `${bytes(used)} / ${bytes(total)}` : "unknown";
 }
@@ -79,13 +82,19 @@ function memoryBar(node) {
 function nodeCard(node, now) {
   const reach = node.reachable === true ? "up" : node.reachable === false ? "down" : "unknown";
   const asleep = node.sleeping === true && reach !== "down";
-  const card = el("article", `card card-${reach}${asleep ? " asleep" : ""}`);
+  const card = el("article",
+    `card card-${reach}${asleep ? " asleep" : ""}${node.stale ? " stale" : ""}`);
   card.dataset.server = node.server;
   card.dataset.reachable = reach;
   card.dataset.sleeping = String(node.sleeping);
+  card.dataset.stale = String(node.stale);
   const head = el("div", "card-head");
   head.append(el("span", `role role-${node.role}`, node.role));
   if (node.engine) head.append(el("span", "engine", node.engine));
+  const version = el("span", "version", versionLabel(node.weight_version));
+  version.title = node.stale ? "not at the fleet's weight version: not served" : "weight version";
+  head.append(version);
+  if (node.stale) head.append(el("span", "stale-mark", "stale"));
   head.append(el("span", `reach reach-${reach}`, reach === "up" ? (asleep ? "asleep" : "up") : reach));
   card.append(head, el("div", "url", node.server), tagChips(node), memoryBar(node));
   const facts = el("dl", "facts");

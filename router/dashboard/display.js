@@ -67,6 +67,14 @@ function timelineScale(operations) {
   return scale;
 }
 
+// A weight version as a card or the summary shows it: the router says "unknown" for a node
+// not polled yet and null for a node (or fleet) that names no version.
+function versionLabel(version) {
+  if (version === null || version === undefined) return "no version";
+  if (version === "unknown") return "version unknown";
+  return printable(version);
+}
+
 function duration(ms) {
   return ms >= 1000 ? `${(ms / 1000).toFixed(ms >= 10000 ? 0 : 1)} s` : `${ms.toFixed(0)} ms`;
 }

@@ -63,6 +63,17 @@ class Probe:
     memory: dict[str, Any] | None = None
     inflight: int | None = None
     error: str | None = None
+    # The weights it serves where it said (`weight_version_known`): a string, or None when
+    # it names none.
+    weight_version: str | None = None
+    weight_version_known: bool = False
+
+
+def names_weight_version(reply: dict[str, Any] | None) -> bool:
+    """Whether a node's status `reply` names the weights it serves: `weight_version` a string,
+    or null for none."""
+    return reply is not None and "weight_version" in reply and (
+        reply["weight_version"] is None or isinstance(reply["weight_version"], str))
 
 
 def json_value(reply: NodeReply) -> Any:

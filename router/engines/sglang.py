@@ -21,6 +21,7 @@ the weight version afterwards: the update's `weight_version` is it. pdfleet node
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from router.engines.base import (
     error_answer,
     json_object,
     json_value,
+    names_weight_version,
     weight_version_after,
 )
 from router.http.errors import TransportError
@@ -82,9 +84,14 @@ class SGLang(Engine):
 
     async def probe(self, url: str, deadline: float,
                     released_tags: frozenset[str]) -> Probe:
+        """The weights a node serves: `GET /get_weight_version` -> `{"weight_version": v}`
+        where the server has that route (SGLang and pdfleet nodes do), else the
+        `weight_version` of `/get_server_info` (the server's arguments), else of
+        `GET /model_info`."""
         replies = await asyncio.gather(
             self.get(f"{url}/is_sleeping", deadline),
             self.get(f"{url}/get_server_info", deadline),
+            self.get(f"{url}/get_weight_version", deadline),
             return_exceptions=True,
         )
         for reply in replies:
@@ -92,9 +99,14 @@ class SGLang(Engine):
                 raise reply
         if all(isinstance(r, TransportError) for r in replies):
             return Probe(reachable=False, error=str(replies[0]))
-        sleeping, info = (json_object(r) for r in replies)
-        if sleeping is None and info is None:
+        sleeping, info, version = (json_object(r) for r in replies)
+        if sleeping is None and info is None and version is None:
             return await self.health(url, deadline)
+        said = next((r for r in (version, info) if names_weight_version(r)), None)
+        if said is None:
+            with contextlib.suppress(TransportError):
+                model_info = json_object(await self.get(f"{url}/model_info", deadline))
+                said = model_info if names_weight_version(model_info) else None
         sleeping, info = sleeping or {}, info or {}
         tags = sleeping.get("released_tags", info.get("released_tags"))
         if tags is None and isinstance(sleeping.get("is_sleeping"), bool):
@@ -105,4 +117,6 @@ class SGLang(Engine):
             released_tags=[str(t) for t in tags] if isinstance(tags, list) else None,
             memory=memory if isinstance(memory, dict) else None,
             inflight=inflight if isinstance(inflight, int) else None,
+            weight_version=said["weight_version"] if said is not None else None,
+            weight_version_known=said is not None,
         )

@@ -23,12 +23,13 @@ from typing import Protocol
 
 import httptools
 
-from pdfleet.vocabulary import SLEEPING_HEADER
+from pdfleet.vocabulary import SLEEPING_HEADER, WEIGHT_VERSION_HEADER
 from router.http.errors import ConnectionReset, NodeTimeout, TransportError, describe
 from router.http.reply import NodeReply, NodeStream
 from router.http.request import Origin
 
 _SLEEPING = SLEEPING_HEADER.lower().encode()  # httptools gives header names as sent
+_WEIGHT_VERSION = WEIGHT_VERSION_HEADER.lower().encode()
 
 
 class ConnectionState(Enum):
@@ -82,7 +83,8 @@ class _Exchange:
     """One request on a connection and what has been read of its reply."""
 
     __slots__ = ("body", "content_type", "keep_alive", "limit", "max_body", "max_error_body",
-                 "reply", "size", "sleeping", "started", "stream", "streaming", "timer")
+                 "reply", "size", "sleeping", "started", "stream", "streaming", "timer",
+                 "weight_version")
 
     def __init__(self, reply: asyncio.Future[NodeReply | NodeStream], timer: asyncio.TimerHandle,
                  streaming: bool, max_body: int, max_error_body: int) -> None:
@@ -101,6 +103,7 @@ class _Exchange:
         self.size = 0
         self.content_type = b""
         self.sleeping = False
+        self.weight_version: bytes | None = None
 
     def stop_timer(self) -> None:
         if self.timer is not None:
@@ -255,6 +258,8 @@ class Connection(asyncio.Protocol):
             exchange.content_type = value
         elif name == _SLEEPING:
             exchange.sleeping = value.strip() == b"1"
+        elif name == _WEIGHT_VERSION:
+            exchange.weight_version = value.strip()
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
@@ -267,7 +272,8 @@ class Connection(asyncio.Protocol):
         if ok and exchange.streaming:
             self._become(STREAMING)
             stream = exchange.stream = NodeStream(
-                self, status, exchange.content_type.decode("latin-1") or "text/event-stream")
+                self, status, exchange.content_type.decode("latin-1") or "text/event-stream",
+                exchange.weight_version)
             if not exchange.reply.done():
                 exchange.reply.set_result(stream)
 
@@ -305,6 +311,7 @@ class Connection(asyncio.Protocol):
             content_type=exchange.content_type.decode("latin-1"),
             elapsed_ms=(time.perf_counter() - exchange.started) * 1000,
             node_sleeping=exchange.sleeping,
+            weight_version=exchange.weight_version,
         )
         exchange.body = []
         if truncated:

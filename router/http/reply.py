@@ -20,6 +20,7 @@ class NodeReply:
     content_type: str
     elapsed_ms: float
     node_sleeping: bool = False  # the node said it sleeps (SLEEPING_HEADER)
+    weight_version: bytes | None = None  # the weights that served it (WEIGHT_VERSION_HEADER)
 
     @property
     def ok(self) -> bool:
@@ -43,9 +44,11 @@ class NodeStream:
     """A 2xx reply whose body is read as it arrives. The owner must `close()` it however it
     ends; a stream read to its end leaves its connection to the next call."""
 
-    def __init__(self, source: StreamSource, status: int, content_type: str) -> None:
+    def __init__(self, source: StreamSource, status: int, content_type: str,
+                 weight_version: bytes | None = None) -> None:
         self.status = status
         self.content_type = content_type
+        self.weight_version = weight_version  # as the node's WEIGHT_VERSION_HEADER said
         self._source = source
         self._chunks: deque[bytes] = deque()
         self._arrived = False  # the node sent the whole body

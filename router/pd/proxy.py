@@ -9,7 +9,11 @@ Retries (`PLACEMENT_RETRY`): a node that refuses the connection never saw the re
 a node whose 503 says it sleeps (another router, or an operator, put it to sleep) did not
 admit it; either way (`NodeRefused`) the request goes to another pair (the node is marked down
 or asleep and so is not placed again), at most `MAX_PLACEMENTS` pairs in all, at once. Any
-other failure may have reached a node and is reported, not retried.
+other failure may have reached a node and is reported, not retried. A retry is placed by the
+same rule as the first try, weight versions included.
+
+Every reply a node serves names the weights that served it (`WEIGHT_VERSION_HEADER`): the
+node's own header when it sent one, else the version the registry knows of it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -38,7 +43,7 @@ from router.pd.errors import (
     ReplyTooLarge,
 )
 from router.pd.placement import ClusterSleeping, NoRoute, Placement, Placer
-from router.pd.stream import DecodeStream
+from router.pd.stream import DecodeStream, served_version
 from router.registry import FleetRegistry, Health, Node
 
 R = TypeVar("R")
@@ -56,7 +61,7 @@ class GenerationProxy:
     ) -> None:
         self._registry = registry
         self._session = session
-        self._placer = Placer(registry, settings.policy)
+        self._placer = Placer(registry, settings.policy, settings.version_policy)
         self._timeout_s = settings.request_timeout_s
         self._reply_bytes = settings.max_body_bytes
         self._detail_bytes = settings.error_detail_bytes
@@ -152,7 +157,9 @@ class GenerationProxy:
         if reply.ok:
             if reply.truncated:
                 raise ReplyTooLarge(node, self._reply_bytes)
-            return reply
+            version = served_version(reply.weight_version, node)
+            return reply if version is reply.weight_version else replace(
+                reply, weight_version=version)
         if reply.node_sleeping:
             raise self._asleep(node, reply)
         raise NodeAnswered(node, reply)
@@ -219,7 +226,8 @@ class GenerationProxy:
         if isinstance(opened, NodeReply):  # decode answered with an error status
             _settle(prefill)
             return self._decode_reply(decode_node, opened)
-        decoded = DecodeStream(decode_node, opened, self._failed)
+        decoded = DecodeStream(decode_node, opened, self._failed,
+                               served_version(opened.weight_version, decode_node))
         if prefill is not None and prefill_node is not None:
             decoded.watch_prefill(
                 prefill, lambda call: self._check_prefill(prefill_node, call), self._finish)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from router.http.errors import TransportError
 from router.http.reply import NodeReply, NodeStream
@@ -23,6 +24,21 @@ Call = asyncio.Future[NodeReply | NodeStream]
 # Records a node's transport failure and says what the client is told.
 FailureReporter = Callable[[Node, TransportError], GenerationError]
 
+# What a header value may hold as it is: printable ASCII. Anything else in a version is
+# percent-encoded, so no version can end the header early.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def served_version(said: bytes | None, node: Node) -> bytes | None:
+    """The weight version a reply of `node` carries (`WEIGHT_VERSION_HEADER`): the node's
+    own header (`said`) when it sent one, else the version the registry knows of it; None
+    when neither is known."""
+    if said:
+        return said
+    if node.weight_version_known and node.weight_version is not None:
+        return quote(node.weight_version, safe=_HEADER_SAFE).encode()
+    return None
+
 
 class PrefillFailed(Exception):
     def __init__(self, error: GenerationError) -> None:
@@ -33,11 +49,13 @@ class PrefillFailed(Exception):
 class DecodeStream:
     """Owns the decode response, and counts as outstanding on its node until closed."""
 
-    def __init__(self, node: Node, stream: NodeStream, failed: FailureReporter) -> None:
+    def __init__(self, node: Node, stream: NodeStream, failed: FailureReporter,
+                 weight_version: bytes | None = None) -> None:
         node.outstanding += 1
         self.node = node
         self.status = stream.status
         self.content_type = stream.content_type
+        self.weight_version = weight_version  # the header the reply carries: served_version
         self._stream = stream
         self._failed = failed
         self._prefill: Call | None = None

@@ -1,4 +1,4 @@
-"""Fleet state: health, per-node status and the worker registry."""
+"""Fleet state: health, per-node status, weight versions and the worker registry."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pdfleet.vocabulary import DEFAULT_ENGINE, EngineName, Role
 from router.config import NodeSpec, describe_validation_error
 from router.peers import MembershipBusy
+from router.registry import Unknown
 from router.routes.schemas import ClusterStatus, errors, json_body
 from router.state import State
 
@@ -47,14 +48,43 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+class NodeWeightVersion(BaseModel):
+    server: str
+    weight_version: str | Unknown | None = Field(
+        description="The weights it serves; null: it names none.")
+    stale: bool = Field(description="Not at the fleet's weight version.")
+
+
+class FleetWeightVersion(BaseModel):
+    weight_version: str | None = Field(
+        description="The fleet's: the version the latest weight update through this router "
+                    "named, else the one most nodes report; null: none.")
+    nodes: list[NodeWeightVersion]
+
+
 @router.get("/cluster/status")
 async def cluster_status(state: State) -> ClusterStatus:
+    registry = state.registry
+    fleet_version = registry.weight_version
     return ClusterStatus(
-        summary=state.registry.summary(),
+        summary=registry.summary(),
         control_operation=state.control.running(),
         generated_at=time.time(),
-        nodes=[n.status_view() for n in state.registry.all()],
+        nodes=[n.status_view(fleet_version) for n in registry.all()],
+        weight_version=fleet_version,
+        version_policy=state.settings.version_policy,
     )
+
+
+@router.get("/get_weight_version")
+async def get_weight_version(state: State) -> FleetWeightVersion:
+    """The fleet's weight version (what SGLang's route of the name answers for one server),
+    and each node's, with the nodes not at the fleet's marked stale."""
+    fleet_version = state.registry.weight_version
+    return FleetWeightVersion(weight_version=fleet_version, nodes=[
+        NodeWeightVersion(server=view.server, weight_version=view.weight_version,
+                          stale=view.stale)
+        for view in (n.status_view(fleet_version) for n in state.registry.all())])
 
 
 @router.get("/workers")
@@ -86,6 +116,8 @@ async def add_worker(request: Request, state: State) -> dict:
         raise HTTPException(409, detail=f"worker {spec.url} is already registered") from None
     except MembershipBusy as exc:
         raise HTTPException(503, detail=str(exc)) from None
+    # Polled now: while the fleet has a weight version, a node serves once its own is known.
+    state.poller.refresh([node])
     return {"added": node.url, "role": node.role.value, "bootstrap_port": node.bootstrap_port,
             "engine": node.engine}
 

@@ -20,6 +20,7 @@ from pdfleet.vocabulary import (
     Operation,
     Role,
 )
+from router.config import VersionPolicy
 from router.control.lock import RunningOperation
 from router.control.report import ControlFailed
 from router.control.request import (
@@ -70,6 +71,8 @@ class ClusterStatus(BaseModel):
     control_operation: RunningOperation | None
     generated_at: float
     nodes: list[NodeStatus]
+    weight_version: str | None = Field(description="The fleet's weight version; null: none.")
+    version_policy: VersionPolicy
 
 
 def _query(name: str, schema: dict[str, Any], description: str,

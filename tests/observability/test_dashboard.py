@@ -212,3 +212,37 @@ def test_binary_errors_read_as_text_operations_share_one_scale_and_tags_have_a_l
     expect(legend).to_have_count(4)
     for state in ("resident", "released", "none", "unknown"):
         expect(page.locator(f"#tag-legend .tag-{state}")).to_be_visible()
+
+
+def set_weight_version(stub_url: str, version: str) -> None:
+    """New weights on a stub node, behind the router's back."""
+    request = urllib.request.Request(f"{stub_url}/_stub/behavior", method="PUT",
+                                     data=json.dumps({"weight_version": version}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 200
+
+
+def test_each_nodes_weight_version_shows_and_stale_nodes_are_marked(
+    stub_nodes: Callable[..., StubNodes], router: Callable[..., Router], page: Page
+) -> None:
+    stubs = stub_nodes([{"weight_version": "step-2"}, {"weight_version": "step-2"},
+                        {"weight_version": "step-1"}])
+    r = router([{"url": url, "role": "mixed"} for url in stubs.urls])
+    page.goto(f"{r.url}/dashboard")
+    expect(page.locator("#sum-version")).to_have_text("step-2", timeout=SHOWN_WITHIN_MS)
+    expect(page.locator("#sum-stale")).to_have_text("1", timeout=SHOWN_WITHIN_MS)
+    cards = [page.locator(f'article.card[data-server="{url}"]') for url in stubs.urls]
+    for current in cards[:2]:
+        expect(current.locator(".version")).to_have_text("step-2")
+        expect(current).to_have_attribute("data-stale", "false")
+        expect(current.locator(".stale-mark")).to_have_count(0)
+    stale = cards[2]
+    expect(stale.locator(".version")).to_have_text("step-1")
+    expect(stale).to_have_attribute("data-stale", "true")
+    expect(stale.locator(".stale-mark")).to_be_visible()
+    expect(stale).to_have_class(re.compile(r"\bstale\b"))
+
+    set_weight_version(stubs.urls[2], "step-2")  # it catches up: no longer marked
+    expect(stale).to_have_attribute("data-stale", "false", timeout=SHOWN_WITHIN_MS)
+    expect(page.locator("#sum-stale")).to_have_text("0")

@@ -196,3 +196,31 @@ async def test_with_a_multiprocess_dir_counters_live_in_it_and_scrape_from_it(
                          operation="flush_cache", outcome="success") == 1
     assert metrics.value("pdfleet_node_up", node=stubs.urls[0], role="mixed") == 1
     assert any(shared.glob("counter_*.db")) and any(shared.glob("histogram_*.db"))
+
+
+async def test_each_nodes_weight_version_and_the_stale_ones_are_exported(
+    stub_nodes: Callable[..., Any], router: Callable[..., Router], http: aiohttp.ClientSession
+) -> None:
+    stubs = stub_nodes([{"weight_version": "v2"}, {"weight_version": "v2"},
+                        {"weight_version": "v1"}, {"weight_version": None}])
+    prefill, decode, mixed, unnamed = stubs.urls
+    r = router([{"url": prefill, "role": "prefill"}, {"url": decode, "role": "decode"},
+                {"url": mixed, "role": "mixed"}, {"url": unnamed, "role": "mixed"}])
+
+    async def polled() -> bool:
+        return scrape(r.url).value("pdfleet_node_stale", node=unnamed, role="mixed") == 1
+
+    await eventually(polled)
+    metrics = scrape(r.url)
+    for node, version in ((prefill, "v2"), (decode, "v2"), (mixed, "v1")):
+        assert metrics.value("pdfleet_node_weight_version_info", node=node,
+                             version=version) == 1
+    assert not metrics.has("pdfleet_node_weight_version_info", node=unnamed)
+    assert metrics.value("pdfleet_node_stale", node=prefill, role="prefill") == 0
+    assert metrics.value("pdfleet_node_stale", node=mixed, role="mixed") == 1
+    assert metrics.value("pdfleet_fleet_weight_versions") == 2
+    assert metrics.value("pdfleet_fleet_weight_version_info", version="v2") == 1
+
+    # The stale node asleep: no longer routable, so one version among the routable nodes.
+    assert await post(http, f"{r.url}/release_memory_occupation?role=mixed", {}) == 200
+    assert scrape(r.url).value("pdfleet_fleet_weight_versions") == 1

@@ -13,12 +13,21 @@ fails), and the generation routes as below. Without it, each port answers:
 - any POST route not listed below: by its behaviour (default: 200 JSON echo);
 - `GET /is_sleeping`, `GET /get_server_info`: the stub's own sleep state (404 if
   `"status_routes": false`, like a plain SGLang server);
+- weights: each stub serves a weight version (`"weight_version"`, default "default"; a
+  behaviour put later that names none keeps it): `GET /get_weight_version`, and
+  `weight_version` in `/get_server_info` and `GET /model_info`, as SGLang reports it;
+  `POST /update_weights_from_disk` and `/update_weights_from_distributed` (when the behaviour
+  does not fail them) take the body's `weight_version` (none: the version stays) and answer
+  200 `{"success": true, "weight_version": v}`;
 - `POST /generate`, `/v1/completions`, `/v1/chat/completions` (when the behaviour does
   not fail them): a reply in SGLang's / OpenAI's shape naming the stub (`served_by`) and
   the `bootstrap_room` it got; with `"stream": true` in the request, SSE of
   `stream_chunks` chunks (default 3) `chunk_delay` s apart, each padded with `chunk_pad`
   bytes if set, then `data: [DONE]`. With
-  `"hold_last_chunk": true` the last chunk waits for `POST /_stub/release`;
+  `"hold_last_chunk": true` the last chunk waits for `POST /_stub/release`. Each reply
+  names the stub's weight version as a pdfleet node does: `meta_info.weight_version` on
+  /generate, the `X-Pdfleet-Weight-Version` header on all three routes (not with
+  `"version_header": false`, as SGLang, which reports its version but sends no such header);
 - `GET /v1/models`, `GET /health`: a one-model list, 200;
 - `GET /_stub/requests`: what it received (path, headers, body, and for generation
   `chunks_sent`, `completed`, `disconnected`: the client went away before the reply ended)
@@ -39,20 +48,27 @@ from typing import Any
 import stub_engines  # the sibling script: run as a script, its folder is on sys.path
 from aiohttp import web
 
+from pdfleet.vocabulary import WEIGHT_VERSION_HEADER
+
 CHUNK = b"\xff\xfe\x00E" * 16384  # 64 KiB of bytes that are not UTF-8
 TAGS = ["weights", "kv_cache", "cuda_graph", "weights_drafter"]
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
-POLLED_PATHS = ("/is_sleeping", "/get_server_info", "/health")  # not kept in /_stub/requests
+# Not kept in /_stub/requests.
+POLLED_PATHS = ("/is_sleeping", "/get_server_info", "/get_weight_version", "/model_info",
+                "/health")
+WEIGHT_UPDATE_PATHS = ("/update_weights_from_disk", "/update_weights_from_distributed")
 MODEL = "stub-model"
 
 
-def generation_reply(path: str, served_by: int, request: dict[str, Any]) -> dict[str, Any]:
+def generation_reply(path: str, served_by: int, request: dict[str, Any],
+                     weight_version: str | None) -> dict[str, Any]:
     """A finished generation in the route's shape."""
     base = {"served_by": served_by, "bootstrap_room": request.get("bootstrap_room")}
     if path == "/generate":
         return {**base, "text": "stub reply", "output_ids": [1, 2, 3], "meta_info": {
             "id": request.get("rid") or "stub", "prompt_tokens": 2, "completion_tokens": 3,
-            "finish_reason": {"type": "length", "length": 3}}}
+            "finish_reason": {"type": "length", "length": 3},
+            "weight_version": weight_version}}
     usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
     if path == "/v1/completions":
         return {**base, "id": "cmpl-stub", "object": "text_completion", "created": 0,
@@ -65,12 +81,14 @@ def generation_reply(path: str, served_by: int, request: dict[str, Any]) -> dict
                  "finish_reason": "length"}]}
 
 
-def generation_chunk(path: str, served_by: int, index: int) -> dict[str, Any]:
+def generation_chunk(path: str, served_by: int, index: int,
+                     weight_version: str | None) -> dict[str, Any]:
     """Chunk `index` of a streamed generation in the route's shape."""
     token = f"tok{index} "
     if path == "/generate":
         return {"text": token, "index": index, "served_by": served_by,
-                "meta_info": {"id": "stub", "completion_tokens": index + 1}}
+                "meta_info": {"id": "stub", "completion_tokens": index + 1,
+                              "weight_version": weight_version}}
     if path == "/v1/completions":
         return {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": MODEL,
                 "served_by": served_by,
@@ -85,19 +103,25 @@ class StubNode:
         self.behavior = behavior
         self.received: list[dict[str, Any]] = []
         self.released: set[str] = set()
-        self.engine_state = stub_engines.EngineState(
-            weight_version=behavior.get("weight_version", "default"))
+        # The pdfleet-shaped stub's version; an `engine:` stub keeps its own in engine_state.
+        self.weight_version: str | None = behavior.get("weight_version", "default")
+        self.engine_state = stub_engines.EngineState(weight_version=self.weight_version)
         self.last_chunk_released = asyncio.Event()
 
     def rule(self, path: str) -> dict[str, Any]:
         routes = self.behavior.get("routes", {})
         return {**self.behavior, **routes.get(path, {})}
 
-    def track_sleep(self, path: str, body: bytes) -> None:
+    def track_state(self, path: str, body: bytes) -> None:
+        """What a successful control call changes: the released tags, the weight version."""
         try:
-            tags = json.loads(body).get("tags") if body.strip() else None
-        except (ValueError, AttributeError):
-            tags = None
+            request = json.loads(body) if body.strip() else {}
+        except ValueError:
+            request = {}
+        request = request if isinstance(request, dict) else {}
+        tags = request.get("tags")
+        if path in WEIGHT_UPDATE_PATHS and "weight_version" in request:
+            self.weight_version = request["weight_version"]
         if path.endswith(("release_memory_occupation", "sleep")):
             self.released |= set(tags or TAGS)
         elif path.endswith(("resume_memory_occupation", "wake_up")):
@@ -109,6 +133,8 @@ class StubNode:
             return web.json_response(self.received)
         if path == "/_stub/behavior":
             self.behavior = await request.json()
+            if "weight_version" in self.behavior:
+                self.weight_version = self.behavior["weight_version"]
             return web.json_response({"ok": True})
         if path == "/_stub/release":
             self.last_chunk_released.set()
@@ -118,6 +144,11 @@ class StubNode:
             return await self.answer(request, path, b"", {})
         if request.method == "GET" and path in ("/is_sleeping", "/get_server_info"):
             return self.status_reply(path)
+        if request.method == "GET" and path == "/get_weight_version":
+            return web.json_response({"weight_version": self.weight_version})
+        if request.method == "GET" and path == "/model_info":
+            return web.json_response({"model_path": MODEL, "is_generation": True,
+                                      "weight_version": self.weight_version})
         if request.method == "GET" and path in ("/v1/models", "/health"):
             return web.json_response({"object": "list", "data": [
                 {"id": MODEL, "object": "model", "owned_by": "stub"}]})
@@ -149,7 +180,7 @@ class StubNode:
         if engine and path not in GENERATION_PATHS:
             return self.engine_reply(engine, request, rule, body)
         if 200 <= status < 300:
-            self.track_sleep(path, body)
+            self.track_state(path, body)
         kind, size = rule.get("body", "echo"), int(rule.get("size", 0))
         if kind == "echo" and 200 <= status < 300 and path in GENERATION_PATHS:
             return await self.generate(request, rule, body, entry)
@@ -159,10 +190,15 @@ class StubNode:
                        entry: dict[str, Any]) -> web.StreamResponse:
         payload = json.loads(body)
         served_by = request.transport.get_extra_info("sockname")[1] if request.transport else 0
+        # Only pdfleet nodes (the default stub) name their version in the header.
+        version = None if self.behavior.get("engine") else self.weight_version
+        sends_header = version is not None and self.behavior.get("version_header", True)
+        headers = {WEIGHT_VERSION_HEADER: version} if sends_header else {}
         if not payload.get("stream"):
             entry["completed"] = True
-            return web.json_response(generation_reply(request.path, served_by, payload))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            return web.json_response(
+                generation_reply(request.path, served_by, payload, version), headers=headers)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await resp.prepare(request)
         chunks = int(rule.get("stream_chunks", 3))
         entry["chunks_sent"] = 0
@@ -172,7 +208,7 @@ class StubNode:
             if index == chunks - 1 and rule.get("hold_last_chunk"):
                 await self.last_chunk_released.wait()
                 self.last_chunk_released.clear()
-            chunk = generation_chunk(request.path, served_by, index)
+            chunk = generation_chunk(request.path, served_by, index, version)
             if rule.get("chunk_pad"):
                 chunk["pad"] = "x" * int(rule["chunk_pad"])
             data = json.dumps(chunk)
@@ -197,6 +233,7 @@ class StubNode:
         return web.json_response({
             "role": self.behavior.get("role", "stub"), "released_tags": tags, "inflight": 0,
             "memory": {"used_bytes": 0 if tags else 1 << 30, "total_bytes": 1 << 30},
+            "weight_version": self.weight_version,
         })
 
     async def reply(self, request: web.Request, status: int, kind: str, size: int,
@@ -228,6 +265,8 @@ class StubNode:
         if request.path.endswith(("release_memory_occupation", "resume_memory_occupation")):
             reply["released_tags"] = sorted(self.released)
             reply["freed_bytes"] = 1 << 20
+        if request.path in WEIGHT_UPDATE_PATHS:
+            reply["weight_version"] = self.weight_version
         reply["received_bytes"] = len(received)
         return web.json_response(reply, status=status)
 

@@ -62,3 +62,14 @@ def test_the_timeline_scale_is_the_longest_operation(page: Page) -> None:
                   {"elapsed_ms": 1900, "nodes": [{"ended_ms": 2000}, {"ended_ms": 5}]}]
     assert call(page, "timelineScale", operations) == 2000
     assert call(page, "timelineScale", []) == 1
+
+
+@pytest.mark.parametrize(("version", "label"), [
+    ("step-2", "step-2"),
+    (None, "no version"),
+    ("unknown", "version unknown"),
+    ("v\u0000\u0001", "v<2 bytes, not text>"),
+])
+def test_a_weight_version_reads_as_itself_and_one_not_known_says_so(
+        page: Page, version: str | None, label: str) -> None:
+    assert call(page, "versionLabel", version) == label
