@@ -78,7 +78,7 @@ class FleetCollector(Collector):
             if isinstance(memory.get("total_bytes"), int):
                 total.add_metric([node.url], memory["total_bytes"])
             outstanding.add_metric([node.url], node.outstanding)
-            stale.add_metric([node.url, role], float(not node.at_version(fleet_version)))
+            stale.add_metric([node.url, role], float(not self._registry.current(node)))
             if node.weight_version_known and node.weight_version is not None:
                 version_info.add_metric([node.url, node.weight_version], 1)
                 if node.routable:

@@ -12,7 +12,9 @@ processes); a router that made none (just started, or a replica beside the route
 takes the version most nodes report, a tie going to the version that sorts last in natural
 order (`step-10` after `step-9`), so replicas seeing the same nodes agree. A node not at the
 fleet's version is stale: placement leaves it out (`version_policy: latest`). A node whose
-version is not known yet counts as at the fleet's version only while the fleet has none.
+version is not known (not polled yet, or a vLLM server, which names none, that no update
+through this router reached) counts as at the fleet's version unless a weight update named
+that version: a mixed SGLang + vLLM fleet serves from every node until its first refit.
 """
 
 from __future__ import annotations
@@ -84,14 +86,16 @@ class Node:
     def host(self) -> str:
         return self.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
 
-    def at_version(self, fleet_version: str | None) -> bool:
+    def at_version(self, fleet_version: str | None, updated: bool) -> bool:
         """Whether the node serves the fleet's weights (`fleet_version`: the fleet's, None
-        while it has none)."""
+        while it has none; `updated`: a weight update named it)."""
         if fleet_version is None:
             return True
-        return self.weight_version_known and self.weight_version == fleet_version
+        if not self.weight_version_known:
+            return not updated
+        return self.weight_version == fleet_version
 
-    def status_view(self, fleet_version: str | None) -> NodeStatus:
+    def status_view(self, stale: bool) -> NodeStatus:
         unknown: Unknown = "unknown"
         return NodeStatus(
             server=self.url,
@@ -110,7 +114,7 @@ class Node:
             latency_ms=self.latency_ms,
             bootstrap_port=self.bootstrap_port,
             weight_version=self.weight_version if self.weight_version_known else unknown,
-            stale=not self.at_version(fleet_version),
+            stale=stale,
         )
 
 
@@ -226,8 +230,14 @@ class FleetRegistry:
             self._version = most_reported([
                 n.weight_version for n in nodes
                 if n.weight_version_known and n.weight_version is not None])
-        self._all_at_version = all(n.at_version(self._version) for n in nodes)
+        self._all_at_version = all(
+            n.at_version(self._version, self._updated_version is not None) for n in nodes)
         self._counted = True
+
+    def current(self, node: Node) -> bool:
+        """Whether `node` is at the fleet's weight version (not stale)."""
+        self._count_versions()
+        return node.at_version(self._version, self._updated_version is not None)
 
     @property
     def weight_version(self) -> str | None:
@@ -259,8 +269,8 @@ class FleetRegistry:
 
     def stale(self) -> list[Node]:
         """The nodes not at the fleet's weight version."""
-        fleet_version = self.weight_version
-        return [n for n in self._nodes.values() if not n.at_version(fleet_version)]
+        self._count_versions()
+        return [n for n in self._nodes.values() if not self.current(n)]
 
     def set_weight_version(self, node: Node, version: str | None) -> None:
         node.weight_version = version
@@ -406,12 +416,12 @@ class FleetRegistry:
 
     def summary(self) -> FleetSummary:
         nodes = self.all()
-        fleet_version = self.weight_version
+        self._count_versions()
         return FleetSummary(
             total=len(nodes),
             up=sum(n.health is Health.UP for n in nodes),
             down=sum(n.health is Health.DOWN for n in nodes),
             sleeping=sum(n.sleeping for n in nodes),
             routable=sum(n.routable for n in nodes),
-            stale=sum(not n.at_version(fleet_version) for n in nodes),
+            stale=sum(not self.current(n) for n in nodes),
         )

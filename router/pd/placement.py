@@ -70,7 +70,6 @@ class Placer:
 
     def place(self) -> Placement:
         registry = self._registry
-        fleet_version = registry.weight_version
         # Versions matter only where some node is not at the fleet's (rarely: after a
         # failed or partial update, or during a refit). Under `latest` the candidates are
         # then the nodes at the fleet's version, and any two of them pair.
@@ -81,7 +80,7 @@ class Placer:
         mixed: list[Node] = []
         by_role = {Role.PREFILL: prefill, Role.DECODE: decode, Role.MIXED: mixed}
         for node in registry.all():
-            if node.routable and (not only_current or node.at_version(fleet_version)):
+            if node.routable and (not only_current or registry.current(node)):
                 by_role[node.role].append(node)
         if prefill and decode:
             if not apart or self._latest:

@@ -70,7 +70,7 @@ async def cluster_status(state: State) -> ClusterStatus:
         summary=registry.summary(),
         control_operation=state.control.running(),
         generated_at=time.time(),
-        nodes=[n.status_view(fleet_version) for n in registry.all()],
+        nodes=[n.status_view(stale=not registry.current(n)) for n in registry.all()],
         weight_version=fleet_version,
         version_policy=state.settings.version_policy,
     )
@@ -84,7 +84,8 @@ async def get_weight_version(state: State) -> FleetWeightVersion:
     return FleetWeightVersion(weight_version=fleet_version, nodes=[
         NodeWeightVersion(server=view.server, weight_version=view.weight_version,
                           stale=view.stale)
-        for view in (n.status_view(fleet_version) for n in state.registry.all())])
+        for view in (n.status_view(stale=not state.registry.current(n))
+                     for n in state.registry.all())])
 
 
 @router.get("/workers")

@@ -125,16 +125,29 @@ def test_a_node_of_unknown_version_is_stale_only_once_the_fleet_has_a_version() 
                          released_tags=None, memory=None, inflight=None, error=None,
                          weight_version=None, weight_version_known=True)
     assert registry.weight_version is None and registry.stale() == []
-    view = unknown.status_view(registry.weight_version)
+    view = unknown.status_view(stale=not registry.current(unknown))
     assert view.weight_version == "unknown" and view.stale is False
     registry.adopt_updated_version("v1")
     assert registry.stale() == [unknown, named_none]
     assert registry.summary().stale == 2
-    assert named_none.status_view("v1").weight_version is None
+    assert named_none.status_view(stale=True).weight_version is None
+
+
+def test_a_node_of_unknown_version_serves_until_an_update_names_the_fleets_version() -> None:
+    """A vLLM server names no version: beside SGLang servers that report theirs, it serves
+    until a weight update through the router names the fleet's version."""
+    registry, (sglang, vllm) = fleet((Role.MIXED, "default"), (Role.MIXED, None))
+    placer = Placer(registry, Policy.ROUND_ROBIN)
+    assert registry.weight_version == "default" and registry.stale() == []
+    assert {placer.place().decode.url for _ in range(4)} == {sglang.url, vllm.url}
+    registry.adopt_updated_version("default")
+    assert registry.stale() == [vllm]
+    assert {placer.place().decode.url for _ in range(4)} == {sglang.url}
 
 
 def test_a_node_added_to_a_fleet_with_a_version_is_not_served_until_known_at_it() -> None:
     registry, (known,) = fleet((Role.MIXED, "v1"))
+    registry.adopt_updated_version("v1")
     placer = Placer(registry, Policy.ROUND_ROBIN)
     assert registry.all_at_version and placer.place().decode is known
     added = registry.add(NodeSpec(url="http://127.0.0.1:30999", role=Role.MIXED))
@@ -182,6 +195,7 @@ def test_any_serves_every_version_but_never_splits_a_pair() -> None:
 def test_nodes_of_unknown_version_pair_only_with_each_other_once_the_fleet_has_one() -> None:
     registry, (_, p_unknown, d_unknown) = fleet(
         (Role.PREFILL, "v1"), (Role.PREFILL, None), (Role.DECODE, None))
+    registry.adopt_updated_version("v1")
     placer = Placer(registry, Policy.ROUND_ROBIN, VersionPolicy.ANY)
     assert placements(placer, 3) == [(d_unknown.url, p_unknown.url)] * 3
     # While the fleet has no version, a node not known yet counts as at it: all pair.
