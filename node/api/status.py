@@ -45,6 +45,11 @@ class ServerInfo(BaseModel):
     inflight: int
     held_kv_handoffs: int
     bootstrap_port: int | None
+    # None while the weights are incomplete after a failed update.
+    weight_version: str | None
+    paused: bool
+    pause_mode: str | None
+    frozen_requests: int
     model: ModelInfo
     memory: MemoryInfo
 
@@ -95,6 +100,10 @@ async def get_server_info(request: Request) -> ServerInfo:
         inflight=len(runtime.admission.inflight),
         held_kv_handoffs=runtime.handoffs.held_rooms if runtime.handoffs else 0,
         bootstrap_port=options.bootstrap_port if options.role is Role.PREFILL else None,
+        weight_version=runtime.controller.weight_version,
+        paused=runtime.admission.paused is not None,
+        pause_mode=runtime.admission.paused,
+        frozen_requests=runtime.admission.frozen,
         model=ModelInfo(
             name=options.model_name,
             layers=shape.layers,
