@@ -76,6 +76,7 @@ class Admission:
         self._paused: PauseMode | None = None
         self._running = asyncio.Event()
         self._running.set()
+        self._waiting = 0
         self._changed = asyncio.Event()
 
     @property
@@ -94,6 +95,11 @@ class Admission:
     def paused(self) -> PauseMode | None:
         return self._paused
 
+    @property
+    def waiting(self) -> int:
+        """New requests held until generation continues."""
+        return self._waiting
+
     def check(self) -> None:
         """Raise NotAdmitted while closed."""
         if self._closed_reason is not None:
@@ -101,7 +107,13 @@ class Admission:
 
     async def wait_running(self) -> None:
         """Return once generation is not paused (at once when it is not)."""
-        await self._running.wait()
+        if self._running.is_set():
+            return
+        self._waiting += 1
+        try:
+            await self._running.wait()
+        finally:
+            self._waiting -= 1
 
     def register(self, label: str) -> InflightWork:
         """Track admitted work: a request, or a hand-off owed by one."""

@@ -135,7 +135,8 @@ async def pause(request: Request) -> PauseReport:
     runtime = _runtime(request)
     body = await read_body(request, PauseRequest, max_bytes=runtime.options.max_body_bytes,
                            allow_empty=True)
-    return await pause_generation(runtime.admission, body.mode, runtime.options.drain_timeout_s)
+    timeout_s = runtime.options.drain_timeout_s if body.timeout_s is None else body.timeout_s
+    return await pause_generation(runtime.admission, body.mode, timeout_s)
 
 
 @router.post(f"/{Operation.CONTINUE}")

@@ -50,6 +50,7 @@ class ServerInfo(BaseModel):
     paused: bool
     pause_mode: str | None
     frozen_requests: int
+    waiting_requests: int
     model: ModelInfo
     memory: MemoryInfo
 
@@ -104,6 +105,7 @@ async def get_server_info(request: Request) -> ServerInfo:
         paused=runtime.admission.paused is not None,
         pause_mode=runtime.admission.paused,
         frozen_requests=runtime.admission.frozen,
+        waiting_requests=runtime.admission.waiting,
         model=ModelInfo(
             name=options.model_name,
             layers=shape.layers,

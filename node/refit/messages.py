@@ -65,6 +65,8 @@ class UpdateVersionRequest(_Body):
 
 class PauseRequest(_Body):
     mode: PauseMode = PauseMode.ABORT
+    # mode=wait: how long to wait for running requests (default: the node's drain timeout).
+    timeout_s: float | None = Field(default=None, ge=0)
 
 
 class WeightUpdateReport(BaseModel):
