@@ -14,6 +14,7 @@ disk->pinned and pinned->device copies (each ~50 GB/s) overlap instead of adding
 
 from __future__ import annotations
 
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -45,8 +46,10 @@ def _pread_all(fd: int, offset: int, view: memoryview) -> None:
 
 
 def _byte_view(tensor: torch.Tensor) -> memoryview:
-    """The writable bytes of a CPU tensor."""
-    return memoryview(tensor.view(torch.uint8).numpy()).cast("B")
+    """The writable bytes of a contiguous CPU tensor. Not through `.numpy()`: that marks the
+    storage as shared with numpy, and the cpu memory backend can then no longer free it."""
+    nbytes = tensor.numel() * tensor.element_size()
+    return memoryview((ctypes.c_char * nbytes).from_address(tensor.data_ptr())).cast("B")
 
 
 class WeightsCopier:

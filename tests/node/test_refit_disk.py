@@ -115,48 +115,42 @@ async def test_a_version_that_cannot_travel_in_a_header_is_refused(
     assert await version(http, node) == before
 
 
-def _renamed(source: Path, target: Path) -> Path:
-    tensors = load_file(str(source))
-    tensors["output_head"] = tensors.pop("lm_head")
-    save_file(tensors, str(target))
-    return target
+@pytest.fixture(scope="module")
+def misfits(seed7_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files that do not fit the tiny float32 model, made before any test talks to a node."""
+    folder = tmp_path_factory.mktemp("misfits")
+    renamed = load_file(str(seed7_weights))
+    renamed["output_head"] = renamed.pop("lm_head")
+    save_file(renamed, str(folder / "renamed.safetensors"))
+    (folder / "truncated.safetensors").write_bytes(seed7_weights.read_bytes()[:-100])
+    (folder / "json.safetensors").write_text(json.dumps({"weights": "none"}))
+    return {
+        "other_width": save_weights(folder / "width.safetensors", "--width", "128"),
+        "other_dtype": save_weights(folder / "bf16.safetensors", "--dtype", "bfloat16"),
+        "renamed": folder / "renamed.safetensors",
+        "truncated": folder / "truncated.safetensors",
+        "not_safetensors": folder / "json.safetensors",
+        "missing": folder / "missing.safetensors",
+        "fits": seed7_weights,
+    }
 
 
-def _truncated(source: Path, target: Path) -> Path:
-    target.write_bytes(source.read_bytes()[:-100])
-    return target
-
-
-def _not_safetensors(_: Path, target: Path) -> Path:
-    target.write_text(json.dumps({"weights": "none"}))
-    return target
-
-
-def _other_width(_: Path, target: Path) -> Path:
-    return save_weights(target, "--width", "128")
-
-
-def _other_dtype(_: Path, target: Path) -> Path:
-    return save_weights(target, "--dtype", "bfloat16")
-
-
-@pytest.mark.parametrize(("make", "load_format", "named"), [
-    (_other_width, None, "embed has shape [258, 128], the model needs [258, 256]"),
-    (_other_dtype, None, "has dtype BF16, the model needs F32"),
-    (_renamed, None, "missing ['lm_head'], unexpected ['output_head']"),
-    (_truncated, None, "truncated"),
-    (_not_safetensors, None, "not a safetensors file"),
-    (lambda _, target: target, None, "no such file"),
-    (lambda source, _: source, "gguf", "unknown load_format 'gguf'"),
+@pytest.mark.parametrize(("misfit", "load_format", "named"), [
+    ("other_width", None, "embed has shape [258, 128], the model needs [258, 256]"),
+    ("other_dtype", None, "has dtype BF16, the model needs F32"),
+    ("renamed", None, "missing ['lm_head'], unexpected ['output_head']"),
+    ("truncated", None, "truncated"),
+    ("not_safetensors", None, "not a safetensors file"),
+    ("missing", None, "no such file"),
+    ("fits", "gguf", "unknown load_format 'gguf'"),
 ])
 async def test_a_file_that_does_not_fit_is_refused_and_the_old_weights_keep_serving(
-    http: aiohttp.ClientSession, node: NodeProcess, seed7_weights: Path, tmp_path: Path,
-    make: Any, load_format: str | None, named: str,
+    http: aiohttp.ClientSession, node: NodeProcess, misfits: dict[str, Path],
+    misfit: str, load_format: str | None, named: str,
 ) -> None:
     before, version_before = await tokens(http, node), await version(http, node)
-    path = make(seed7_weights, tmp_path / "candidate.safetensors")
-    status, reply = await update(http, node, model_path=str(path), load_format=load_format,
-                                 weight_version="never")
+    status, reply = await update(http, node, model_path=str(misfits[misfit]),
+                                 load_format=load_format, weight_version="never")
     assert status == 400, reply
     assert named in reply["message"]
     assert await tokens(http, node) == before

@@ -75,6 +75,15 @@ async def test_an_update_while_serving_copies_in_place_and_sets_the_version(
     assert runtime.controller.weight_version == "v7"
 
 
+async def test_updated_weights_survive_a_release_and_resume_byte_exact(
+    runtime: NodeRuntime, seed7_file: Path
+) -> None:
+    await update(runtime, seed7_file)
+    await runtime.controller.release(ReleaseRequest())
+    await runtime.controller.resume(ResumeRequest())
+    assert torch.equal(runtime.weights.flat, seed7_flat())
+
+
 async def test_an_update_without_a_version_keeps_the_version(
     runtime: NodeRuntime, seed7_file: Path
 ) -> None:
