@@ -124,8 +124,8 @@ async def update_weights_from_distributed(request: Request) -> WeightUpdateRepor
     runtime = _runtime(request)
     body = await read_body(request, UpdateFromDistributedRequest,
                            max_bytes=runtime.options.max_body_bytes)
-    group = runtime.groups.get(body.group_name)
-    source = Broadcast(group, body.names, body.dtypes, body.shapes, runtime.weights)
+    source = Broadcast(runtime.groups, body.group_name, body.names, body.dtypes, body.shapes,
+                       runtime.weights)
     update = runtime.controller.update_weights(Operation.UPDATE_FROM_DISTRIBUTED, body, source)
     return await runtime.metrics.operation(Operation.UPDATE_FROM_DISTRIBUTED, update)
 

@@ -129,14 +129,17 @@ class Broadcast(WeightsSource):
 
     def __init__(
         self,
-        group: WeightsGroup,
+        groups: WeightsGroups,
+        group_name: str,
         names: list[str],
         dtypes: list[str],
         shapes: list[list[int]],
         weights: TransformerWeights,
     ) -> None:
-        self.description = f"a broadcast on group {group.name!r} ({len(names)} tensors)"
-        self._group = group
+        self.description = f"a broadcast on group {group_name!r} ({len(names)} tensors)"
+        self._groups = groups
+        self._group_name = group_name
+        self._group: WeightsGroup | None = None
         self._names = names
         self._dtype_names = dtypes
         self._shapes = shapes
@@ -166,8 +169,10 @@ class Broadcast(WeightsSource):
                     f"{name} has shape {list(shape)}, the model needs "
                     f"{list(params[name].shape)}", tensor=name)
             self._dtypes.append(dtype)
+        self._group = self._groups.get(self._group_name)
 
     def copy(self) -> int:
+        assert self._group is not None, "check() first"
         params = self._weights.params
         copied = 0
         for name, dtype in zip(self._names, self._dtypes, strict=True):

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 TRAINER = Path(__file__).with_name("refit_trainer.py")
 JOIN_TIMEOUT_S = 30
 PROMPT = "broadcast weights"
+GROUP = "refit"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def trainer_port() -> int:
 @pytest.fixture
 def trainer(trainer_port: int) -> Iterator[Process]:
     process = Process([sys.executable, str(TRAINER), "--port", str(trainer_port),
-                       "--world-size", "3", "--seed", "7", "--timeout-s", str(JOIN_TIMEOUT_S)])
+                       "--world-size", "3", "--group-name", GROUP, "--seed", "7",
+                       "--timeout-s", str(JOIN_TIMEOUT_S)])
     yield process
     process.stop()
 
@@ -55,7 +57,7 @@ def layout_body(**extra: Any) -> dict[str, Any]:
 
 def group_body(port: int, rank: int, **extra: Any) -> dict[str, Any]:
     return {"master_address": "127.0.0.1", "master_port": port, "rank_offset": rank,
-            "world_size": 3, "group_name": "refit", "backend": "gloo",
+            "world_size": 3, "group_name": GROUP, "backend": "gloo",
             "timeout_s": JOIN_TIMEOUT_S, **extra}
 
 
@@ -83,7 +85,7 @@ async def test_two_nodes_take_the_trainers_broadcast_and_serve_its_tokens(
 
     updated = await asyncio.gather(*(
         post_json(http, f"{node.url}/update_weights_from_distributed",
-                  layout_body(group_name="refit", weight_version="step-7"))
+                  layout_body(group_name=GROUP, weight_version="step-7"))
         for node in nodes))
     for status, reply in updated:
         assert status == 200, (reply, trainer.output())
@@ -94,7 +96,7 @@ async def test_two_nodes_take_the_trainers_broadcast_and_serve_its_tokens(
         assert await tokens(http, node) == wanted
         assert node.info()["weight_version"] == "step-7"
         status, reply = await post_json(http, f"{node.url}/destroy_weights_update_group",
-                                        {"group_name": "refit"})
+                                        {"group_name": GROUP})
         assert status == 200, reply
 
 
