@@ -22,7 +22,8 @@ import torch
 
 from node.refit.checkpoint import CopyRun
 
-READ_THREADS = 8
+# Enough threads to reach the memory bus's copy rate, not more than the cores to run them.
+READ_THREADS = min(16, os.cpu_count() or 1)
 # Below this, a piece is not worth a thread of its own.
 _MIN_PIECE_BYTES = 4 << 20
 # Each pinned buffer: big enough that per-chunk overheads vanish, small enough to allocate in
