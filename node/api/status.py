@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from node.engine.sampler import SamplingParams
 from node.engine.tokenizer import encode
+from node.errors import ServiceUnavailable
 from node.generation import Bootstrap, GenerationRequest
 from node.memory.messages import MemoryInfo
 from node.metrics import CONTENT_TYPE
@@ -63,8 +64,13 @@ async def health(request: Request) -> dict[str, Any]:
 
 @router.get("/health_generate")
 async def health_generate(request: Request) -> dict[str, Any]:
-    """Runs one real token through the local model; 503 while sleeping or draining."""
+    """Runs one real token through the local model; 503 while sleeping, draining or paused
+    (a probe must answer: it does not wait for continue_generation as a request does)."""
     runtime: NodeRuntime = request.app.state.runtime
+    if runtime.admission.paused is not None:
+        raise ServiceUnavailable(
+            f"generation is paused (mode {runtime.admission.paused}); continue_generation "
+            "resumes it")
     probe = GenerationRequest(
         rid=f"health-{uuid.uuid4().hex[:8]}",
         input_ids=encode("health"),

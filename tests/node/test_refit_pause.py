@@ -102,7 +102,8 @@ async def test_pause_wait_returns_once_the_running_request_finished(
     assert (await post_json(http, f"{prefill.url}/generate", body))[0] == 200
     status, report = await pausing
     assert status == 200 and report["waited_for"] == 1, report
-    assert waiting.done() and (await waiting)[0] == 200
+    assert decode.info()["inflight"] == 0
+    assert (await waiting)[0] == 200
 
 
 async def test_pause_wait_past_its_timeout_is_409_and_leaves_generation_running(
@@ -137,6 +138,17 @@ async def test_pause_while_paused_and_continue_while_running_are_reported_no_ops
     assert (await pause(http, mixed_node, mode="in_place"))[0] == 200
     status, report = await pause(http, mixed_node, mode="abort")
     assert status == 200 and report["already_paused"] and report["mode"] == "in_place"
+
+
+async def test_the_generation_probe_answers_503_while_paused(
+    http: aiohttp.ClientSession, mixed_node: NodeProcess
+) -> None:
+    assert (await pause(http, mixed_node, mode="in_place"))[0] == 200
+    async with http.get(f"{mixed_node.url}/health_generate") as probe:
+        assert probe.status == 503 and "paused" in (await probe.json())["message"]
+    assert (await continue_(http, mixed_node))[0] == 200
+    async with http.get(f"{mixed_node.url}/health_generate") as probe:
+        assert probe.status == 200
 
 
 @pytest.mark.parametrize(("body", "named"), [
