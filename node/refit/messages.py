@@ -5,14 +5,25 @@ Field names are SGLang's, so a trainer written against SGLang drives this node u
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from node.admission import PauseMode
 
-# A version travels in an HTTP header: printable ASCII, no spaces.
-VERSION_PATTERN = r"^[!-~]{1,200}$"
+_VERSION_CHARACTERS = frozenset(chr(code) for code in range(0x21, 0x7F))
+_VERSION_MAX = 200
+
+
+def _check_version(version: str) -> str:
+    if not version or len(version) > _VERSION_MAX or not set(version) <= _VERSION_CHARACTERS:
+        raise ValueError(
+            f"{version!r} is not a weight version: it travels in an HTTP header, so it is 1 to "
+            f"{_VERSION_MAX} printable ASCII characters without spaces")
+    return version
+
+
+WeightVersion = Annotated[str, AfterValidator(_check_version)]
 
 
 class _Body(BaseModel):
@@ -23,9 +34,8 @@ class _Body(BaseModel):
 class WeightUpdate(_Body):
     """What every weight update takes besides where the weights come from."""
 
-    weight_version: str | None = Field(
-        default=None, pattern=VERSION_PATTERN,
-        description="the version after the update (default: kept)")
+    weight_version: WeightVersion | None = Field(
+        default=None, description="the version after the update (default: kept)")
     abort_all_requests: bool = False
     flush_cache: bool = True
     drain_timeout_s: float | None = Field(default=None, ge=0)
@@ -59,7 +69,7 @@ class DestroyGroupRequest(_Body):
 
 
 class UpdateVersionRequest(_Body):
-    new_version: str = Field(pattern=VERSION_PATTERN)
+    new_version: WeightVersion
     abort_all_requests: bool = False
 
 
