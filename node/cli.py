@@ -84,7 +84,14 @@ def node_options(context: click.Context) -> NodeOptions:
 
 def _run(**_: Any) -> None:
     options = node_options(click.get_current_context())
-    from node.server import serve  # torch loads only once the options are known to be good
+    # torch loads only once the options are known to be good
+    if options.save_weights is not None:
+        from node.runtime import save_weights
+
+        written = save_weights(options, options.save_weights)
+        click.echo(f"wrote {written} bytes of weights to {options.save_weights}")
+        return
+    from node.server import serve
 
     serve(options)
 

@@ -71,15 +71,20 @@ class ServiceUnavailable(NodeError):
 
 
 class NotAdmitted(ServiceUnavailable):
-    """Generation is closed (sleeping or draining); the client should come back later.
+    """Generation is closed (sleeping, draining, updating weights); the client should come
+    back later.
 
-    `X-Pdfleet-Sleeping: 1` tells this 503 apart from any other: a router that did not put
-    the node to sleep itself learns it here, and places the request on another node."""
+    `X-Pdfleet-Sleeping: 1` (with `sleeping`) tells a sleeping node's 503 apart from any
+    other: a router that did not put the node to sleep itself learns it here, and places the
+    request on another node. A node closed for a weight update is not asleep: it serves again
+    in moments, without a wake call, so its 503 does not carry the header."""
 
     RETRY_AFTER_S = 5
 
-    def __init__(self, message: str, **detail: Any) -> None:
-        headers = {"Retry-After": str(self.RETRY_AFTER_S), SLEEPING_HEADER: "1"}
+    def __init__(self, message: str, *, sleeping: bool = True, **detail: Any) -> None:
+        headers = {"Retry-After": str(self.RETRY_AFTER_S)}
+        if sleeping:
+            headers[SLEEPING_HEADER] = "1"
         super().__init__(message, headers=headers, **detail)
 
 
@@ -88,10 +93,23 @@ class BackendDisabled(ServiceUnavailable):
 
 
 class RequestAborted(ServiceUnavailable):
-    """An admitted request was ended by a release with drain=abort."""
+    """An admitted request was ended by a release with drain=abort, a weight update with
+    abort_all_requests, or a pause in abort mode."""
+
+
+class WeightVersionMismatch(NodeError):
+    """A decode node was handed KV that a prefill node computed with other weights."""
+
+    status = 409
 
 
 class HandoffTimeout(NodeError):
+    status = 504
+
+
+class GroupJoinFailed(NodeError):
+    """A weights update group's rendezvous failed or timed out (a rank never came)."""
+
     status = 504
 
 

@@ -5,8 +5,8 @@
   first token only (the decode node samples that same token from the same logits).
 - decode: pull the KV for `bootstrap_room` from the prefill node, then decode here.
 
-Every request is admitted first (503 while the node sleeps or drains) and counts as in-flight
-work until its last update.
+Every request is admitted first (503 while the node sleeps, drains or updates its weights;
+held while generation is paused) and counts as in-flight work until its last update.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from node.admission import Admission, InflightWork
 from node.engine.engine import Engine, GenerationUpdate, Prefilled
 from node.engine.sampler import SamplingParams
-from node.errors import BadRequest, HandoffFailed, NotAdmitted
+from node.errors import BadRequest, HandoffFailed, NotAdmitted, WeightVersionMismatch
 from node.pd.puller import BootstrapTarget, KVPuller
 from node.pd.store import HandoffStore
 from pdfleet.vocabulary import Role
@@ -60,8 +60,10 @@ class GenerationService:
         handoffs: HandoffStore | None = None,
         puller: KVPuller | None = None,
         on_tokens: Callable[[int], None] | None = None,
+        weight_version: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.role = role
+        self._weight_version = weight_version
         self._on_tokens = on_tokens
         self._engine = engine
         self._admission = admission
@@ -90,14 +92,16 @@ class GenerationService:
                 "a decode node needs bootstrap_host, bootstrap_port and bootstrap_room"
             )
 
-    def check_admission(self, requests: list[GenerationRequest]) -> None:
-        """Raise NotAdmitted while admission is closed. The router sends a request to both
+    async def admit(self, requests: list[GenerationRequest]) -> None:
+        """Wait while generation is paused, then raise NotAdmitted if admission is closed.
+        The router sends a request to both
         nodes at once, so either may refuse what the other took. A decode node that refuses
         will never pull the KV, so it tells the prefill node to drop it at once: otherwise
         the prefill node holds it (as in-flight work that its own release drains) until the
         KV's TTL passes. A prefill node that refuses will never compute the KV, so it answers
         the decode node's pull with that refusal: otherwise the decode node waits out its
         hand-off timeout (as in-flight work that its own release drains)."""
+        await self._admission.wait_running()
         try:
             self._admission.check()
         except NotAdmitted as refused:
@@ -114,10 +118,11 @@ class GenerationService:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         self.validate(request)
-        self.check_admission([request])
+        await self.admit([request])
         work = self._admission.register(f"generate {request.rid}")
         generated = 0
         try:
+            await work.between_steps()
             if self.role is Role.DECODE:
                 prefilled = await self._pull(request, work)
             else:
@@ -165,6 +170,15 @@ class GenerationService:
             raise HandoffFailed(
                 f"KV for room {boot.room} was computed for another prompt "
                 f"({len(handoff.input_ids)} tokens; this request has {len(request.input_ids)})"
+            )
+        served = self._weight_version()
+        if handoff.weight_version != served:
+            raise WeightVersionMismatch(
+                f"KV for room {boot.room} was computed by weights version "
+                f"{handoff.weight_version!r}; this node serves {served!r}: the pair is split "
+                "across a weight update, so the request fails rather than mix two policies",
+                bootstrap_room=boot.room, prefill_weight_version=handoff.weight_version,
+                decode_weight_version=served,
             )
         config = self._engine.model.config
         shape = config.shape

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from node.engine.shape import PRESETS, ModelShape, shape_for_size
 from node.faults.rules import FaultRule, parse_rule
 from node.memory.backends import BackendName
+from node.refit.messages import WeightVersion
 from pdfleet.vocabulary import ADMIN_TOKEN_ENV, NODE_MAX_BODY_BYTES, Role
 
 Device = Literal["cpu", "cuda"]
@@ -62,6 +63,12 @@ class NodeOptions(BaseModel):
     dtype: DtypeName = Field(
         default="auto", description="weights and KV dtype: auto is bfloat16 on CUDA, else float32")
     seed: int = Field(default=0, description="seed of the initial weights")
+    weight_version: WeightVersion = Field(
+        default="default",
+        description="version of the weights served, named in every generation reply")
+    save_weights: str | None = Field(
+        default=None, description="write the weights this node would serve to this "
+        "safetensors file (what --model and update_weights_from_disk take) and exit")
 
     kv_cache_tokens: int = Field(default=8192, ge=16, description="tokens the KV pool holds")
     kv_slots: int = Field(default=8, ge=1, description="requests the KV pool holds at once")

@@ -16,6 +16,7 @@ from node.engine.engine import Engine
 from node.engine.kv_pool import KVPool
 from node.engine.model import ModelConfig, Transformer, TransformerWeights
 from node.engine.tokenizer import VOCAB_SIZE
+from node.errors import BadRequest
 from node.faults.rules import RESUME_KINDS, FaultSet
 from node.generation import GenerationService
 from node.memory.backends import make_backend
@@ -25,9 +26,45 @@ from node.metrics import NodeMetrics
 from node.options import NodeOptions
 from node.pd.puller import KVPuller
 from node.pd.store import HandoffStore
+from node.refit.checkpoint import write_checkpoint
+from node.refit.disk import CheckpointFile
+from node.refit.group import WeightsGroups
+from node.refit.transfer import WeightsCopier
 from pdfleet.vocabulary import Role
 
 log = logging.getLogger("node")
+
+
+def model_config(options: NodeOptions) -> ModelConfig:
+    return ModelConfig(
+        shape=options.model_shape,
+        vocab=VOCAB_SIZE,
+        dtype=getattr(torch, options.torch_dtype_name),
+        device=torch.device(options.device),
+    )
+
+
+def fill_weights(weights: TransformerWeights, options: NodeOptions, copier: WeightsCopier) -> None:
+    """The weights `--model` names, or the seeded init; a file that does not fit the model
+    stops the node with the reason."""
+    if not options.model:
+        weights.init_seeded(options.seed)
+        return
+    try:
+        with CheckpointFile(options.model, None, weights, copier) as source:
+            source.check()
+            source.copy()
+    except BadRequest as error:
+        raise ValueError(f"--model: {error.message}") from None
+
+
+def save_weights(options: NodeOptions, path: str) -> int:
+    """Write the weights a node with `options` would serve; the bytes written."""
+    config = model_config(options)
+    weights = TransformerWeights(config, torch.empty(config.numel(), dtype=config.dtype,
+                                                     device=config.device))
+    fill_weights(weights, options, WeightsCopier())
+    return write_checkpoint(path, weights.flat, config.layout())
 
 
 class NodeRuntime:
@@ -39,19 +76,14 @@ class NodeRuntime:
             raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
         self.backend = make_backend(options.memory_backend, options.device)
         shape = options.model_shape
-        config = ModelConfig(
-            shape=shape,
-            vocab=VOCAB_SIZE,
-            dtype=getattr(torch, options.torch_dtype_name),
-            device=torch.device(options.device),
-        )
+        config = model_config(options)
         weights = TransformerWeights(
             config, self.backend.allocate(MemoryTag.WEIGHTS, config.numel(), config.dtype)
         )
-        if options.model:
-            weights.load_safetensors(options.model)
-        else:
-            weights.init_seeded(options.seed)
+        self.copier = WeightsCopier()
+        fill_weights(weights, options, self.copier)
+        self.weights = weights
+        self.groups = WeightsGroups()
         kv_numel = KVPool.numel(
             shape.layers, options.kv_slots, options.slot_tokens, shape.heads, shape.head_dim
         )
@@ -68,7 +100,8 @@ class NodeRuntime:
         self.engine = Engine(Transformer(weights), self.pool)
         self.admission = Admission()
         self.handoffs = (
-            HandoffStore(self.engine, self.admission, options.kv_ttl_s)
+            HandoffStore(self.engine, self.admission, options.kv_ttl_s,
+                         weight_version=lambda: self.controller.weight_version)
             if options.role is Role.PREFILL
             else None
         )
@@ -78,6 +111,7 @@ class NodeRuntime:
         self.service = GenerationService(
             options.role, self.engine, self.admission, self.handoffs, self.puller,
             on_tokens=self.metrics.tokens_generated,
+            weight_version=lambda: self.controller.weight_version,
         )
         # health_generate probes the local model whatever the role.
         self.local_service = GenerationService(Role.MIXED, self.engine, self.admission)
@@ -89,7 +123,7 @@ class NodeRuntime:
         self.controller = MemoryController(
             self.backend, self.engine, self.admission, options.drain_timeout_s,
             self._clear_kv_state, oom_injected=self._oom_injected,
-            on_step=self.metrics.step_done,
+            on_step=self.metrics.step_done, weight_version=options.weight_version,
         )
         self.metrics.watch(self.controller, self.admission)
         log.info(
@@ -110,6 +144,9 @@ class NodeRuntime:
         if self.handoffs is not None:
             self.handoffs.drop_all("the KV cache was cleared")
         self.pool.clear()
+
+    def weights_from_disk(self, model_path: str, load_format: str | None) -> CheckpointFile:
+        return CheckpointFile(model_path, load_format, self.weights, self.copier)
 
     async def aclose(self) -> None:
         if self.puller is not None:

@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from node.api import generate, memory, openai, status
+from node.api import generate, memory, openai, refit, status
 from node.faults.admin import admin_router
 from node.faults.inject import FaultMiddleware, FaultProtocol
 from node.http.errors import install_error_handlers
+from node.http.weight_version import WeightVersionHeader
 from node.metrics import GenerationCounting
 from node.options import NodeOptions
 from node.pd.bootstrap import create_bootstrap_app
@@ -79,7 +80,8 @@ def create_app(options: NodeOptions, runtime: NodeRuntime | None = None) -> Fast
     app.state.runtime = runtime
     install_error_handlers(app)
     app.add_middleware(GenerationCounting, metrics=runtime.metrics)
-    for module in (generate, openai, memory, status):
+    app.add_middleware(WeightVersionHeader, version=lambda: runtime.controller.weight_version)
+    for module in (generate, openai, memory, status, refit):
         app.include_router(module.router)
     if runtime.faults is not None:
         app.add_middleware(FaultMiddleware, faults=runtime.faults)

@@ -80,6 +80,7 @@ class MetaInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: dict[str, Any] | None
+    weight_version: str | None
 
 
 class GenerateReply(BaseModel):
@@ -88,7 +89,9 @@ class GenerateReply(BaseModel):
     meta_info: MetaInfo
 
     @classmethod
-    def of(cls, request: GenerationRequest, update: GenerationUpdate) -> GenerateReply:
+    def of(
+        cls, request: GenerationRequest, update: GenerationUpdate, weight_version: str | None
+    ) -> GenerateReply:
         return cls(
             text=update.text,
             output_ids=update.output_ids,
@@ -97,6 +100,7 @@ class GenerateReply(BaseModel):
                 prompt_tokens=len(request.input_ids),
                 completion_tokens=len(update.output_ids),
                 finish_reason=update.finish.as_dict() if update.finish else None,
+                weight_version=weight_version,
             ),
         )
 
@@ -107,17 +111,26 @@ async def generate(request: Request) -> Response | list[dict[str, Any]] | dict[s
     body = await read_body(request, GenerateRequest, max_bytes=runtime.options.max_body_bytes)
     requests, batched = body.to_requests()
     service = runtime.service
+    controller = runtime.controller
+
+    def version() -> str | None:
+        # Read as each reply is built: an update waits for running requests, so this is the
+        # version that computed their tokens.
+        return controller.weight_version
+
     for one in requests:
         service.validate(one)
-    service.check_admission(requests)
+    await service.admit(requests)
     if body.stream:
         if batched:
             raise BadRequest("streaming takes a single prompt")
         (only,) = requests
         events = sse_from_updates(
-            service.stream(only), lambda update: [GenerateReply.of(only, update).model_dump()]
+            service.stream(only),
+            lambda update: [GenerateReply.of(only, update, version()).model_dump()],
         )
         return stream_response(events)
     finals = await complete(service, requests)
-    replies = [GenerateReply.of(r, f).model_dump() for r, f in zip(requests, finals, strict=True)]
+    replies = [GenerateReply.of(r, f, version()).model_dump()
+               for r, f in zip(requests, finals, strict=True)]
     return replies if batched else replies[0]

@@ -247,7 +247,7 @@ async def _serve(
     service = runtime.service
     for one in requests:
         service.validate(one)
-    service.check_admission(requests)
+    await service.admit(requests)
     usage = body.stream_options is not None and body.stream_options.include_usage
     prompt_tokens = sum(len(one.input_ids) for one in requests[:: body.n])
     renderer = _Renderer(kind, rid, prompt_tokens, served, usage)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from node.engine.sampler import SamplingParams
 from node.engine.tokenizer import encode
+from node.errors import ServiceUnavailable
 from node.generation import Bootstrap, GenerationRequest
 from node.memory.messages import MemoryInfo
 from node.metrics import CONTENT_TYPE
@@ -45,6 +46,12 @@ class ServerInfo(BaseModel):
     inflight: int
     held_kv_handoffs: int
     bootstrap_port: int | None
+    # None while the weights are incomplete after a failed update.
+    weight_version: str | None
+    paused: bool
+    pause_mode: str | None
+    frozen_requests: int
+    waiting_requests: int
     model: ModelInfo
     memory: MemoryInfo
 
@@ -57,8 +64,13 @@ async def health(request: Request) -> dict[str, Any]:
 
 @router.get("/health_generate")
 async def health_generate(request: Request) -> dict[str, Any]:
-    """Runs one real token through the local model; 503 while sleeping or draining."""
+    """Runs one real token through the local model; 503 while sleeping, draining or paused
+    (a probe must answer: it does not wait for continue_generation as a request does)."""
     runtime: NodeRuntime = request.app.state.runtime
+    if runtime.admission.paused is not None:
+        raise ServiceUnavailable(
+            f"generation is paused (mode {runtime.admission.paused}); continue_generation "
+            "resumes it")
     probe = GenerationRequest(
         rid=f"health-{uuid.uuid4().hex[:8]}",
         input_ids=encode("health"),
@@ -95,6 +107,11 @@ async def get_server_info(request: Request) -> ServerInfo:
         inflight=len(runtime.admission.inflight),
         held_kv_handoffs=runtime.handoffs.held_rooms if runtime.handoffs else 0,
         bootstrap_port=options.bootstrap_port if options.role is Role.PREFILL else None,
+        weight_version=runtime.controller.weight_version,
+        paused=runtime.admission.paused is not None,
+        pause_mode=runtime.admission.paused,
+        frozen_requests=runtime.admission.frozen,
+        waiting_requests=runtime.admission.waiting,
         model=ModelInfo(
             name=options.model_name,
             layers=shape.layers,

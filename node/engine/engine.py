@@ -5,7 +5,8 @@ memory control) while a model step runs. One lock serialises every touch of mode
 memory - forward steps, KV export/install and memory release/resume - so a release can
 never free storage under a running step, even one whose request was cancelled meanwhile.
 Requests interleave step by step; each has its own KV slot and sampler, so its tokens do not
-depend on what else runs.
+depend on what else runs. Between two steps a request may be frozen by an in-place pause
+(`InflightWork.between_steps`).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Engine:
         logits = prefilled.logits
         position = prefilled.prompt_len
         while True:
+            await work.between_steps()
             if work.abort_reason is not None:
                 text.finish()
                 yield GenerationUpdate(

@@ -61,5 +61,10 @@ class KVPool:
         self.cache[:, :, slot.index, : kv.shape[2]].copy_(kv)
 
     def clear(self) -> None:
-        """Zero the whole pool; only call while no slot is in use."""
-        self.cache.zero_()
+        """Zero every slot no request holds: the whole pool when none is in use. A request
+        frozen by an in-place pause keeps its KV across a weight update's flush."""
+        if len(self._free) == self.slots:
+            self.cache.zero_()
+            return
+        for index in self._free:
+            self.cache[:, :, index].zero_()

@@ -85,25 +85,6 @@ class TransformerWeights:
                 std = 1.0 if name == "embed" else 1.0 / math.sqrt(param.shape[1])
                 param.normal_(0.0, std, generator=generator)
 
-    def load_safetensors(self, path: str) -> None:
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt", device="cpu") as source:
-            names = set(source.keys())
-            missing = sorted(set(self.params) - names)
-            unexpected = sorted(names - set(self.params))
-            if missing or unexpected:
-                raise ValueError(
-                    f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}"
-                )
-            for name, param in self.params.items():
-                tensor = source.get_tensor(name)
-                if tuple(tensor.shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"{path}: {name} has shape {list(tensor.shape)}, need {list(param.shape)}"
-                    )
-                param.copy_(tensor)
-
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + _NORM_EPS)

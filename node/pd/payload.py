@@ -1,7 +1,8 @@
 """The KV hand-off payload: `u32 header length | JSON header | KV bytes | logits bytes`.
 
-The header names the room, the prompt's token ids, and the dtype and shape of both tensors,
-so the decode node can check that the KV fits its own model and prompt before installing it.
+The header names the room, the prompt's token ids, the dtype and shape of both tensors, and
+the version of the weights that computed them, so the decode node can check that the KV fits
+its own model, weights and prompt before installing it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 CONTENT_TYPE = "application/x-pdfleet-kv"
-VERSION = 1
+VERSION = 2
 _LENGTH = struct.Struct(">I")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,6 +26,7 @@ class KVHandoff:
     input_ids: list[int]
     kv: torch.Tensor  # [layers, 2, prompt_len, heads, head_dim] on CPU
     logits: torch.Tensor  # [vocab] float32 on CPU, for the first new token
+    weight_version: str | None
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -45,6 +47,7 @@ def encode(handoff: KVHandoff) -> bytes:
             "kv_shape": list(handoff.kv.shape),
             "logits_dtype": _dtype_name(handoff.logits.dtype),
             "logits_shape": list(handoff.logits.shape),
+            "weight_version": handoff.weight_version,
         }
     ).encode()
     return b"".join((_LENGTH.pack(len(header)), header, _raw(handoff.kv), _raw(handoff.logits)))
@@ -76,5 +79,6 @@ def decode(data: bytes) -> KVHandoff:
     if offset != len(data):
         raise ValueError(f"payload has {len(data) - offset} trailing bytes")
     return KVHandoff(
-        room=header["room"], input_ids=header["input_ids"], kv=tensors[0], logits=tensors[1]
+        room=header["room"], input_ids=header["input_ids"], kv=tensors[0], logits=tensors[1],
+        weight_version=header.get("weight_version"),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.admission import Admission, InflightWork
@@ -30,11 +31,20 @@ class _Held:
     prefilled: Prefilled
     work: InflightWork
     expiry: asyncio.TimerHandle
+    # The weights the KV was computed with: a decode node serving other weights refuses it.
+    weight_version: str | None
 
 
 class HandoffStore:
-    def __init__(self, engine: Engine, admission: Admission, ttl_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        admission: Admission,
+        ttl_s: float,
+        weight_version: Callable[[], str | None],
+    ) -> None:
         self._engine = engine
+        self._weight_version = weight_version
         self._admission = admission
         self._ttl_s = ttl_s
         self._held: dict[int, _Held] = {}
@@ -67,7 +77,8 @@ class HandoffStore:
             room,
             f"KV for room {room} expired: no decode node claimed it within {self._ttl_s:g}s",
         )
-        self._held[room] = _Held(input_ids=input_ids, prefilled=prefilled, work=work, expiry=expiry)
+        self._held[room] = _Held(input_ids=input_ids, prefilled=prefilled, work=work,
+                                 expiry=expiry, weight_version=self._weight_version())
         self._notify()
 
     async def claim(self, room: int, wait_s: float) -> bytes:
@@ -92,7 +103,8 @@ class HandoffStore:
         try:
             kv = await self._engine.export(held.prefilled)
             handoff = KVHandoff(
-                room=room, input_ids=held.input_ids, kv=kv, logits=held.prefilled.logits.cpu()
+                room=room, input_ids=held.input_ids, kv=kv, logits=held.prefilled.logits.cpu(),
+                weight_version=held.weight_version,
             )
             return encode(handoff)
         finally:

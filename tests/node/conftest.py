@@ -7,10 +7,12 @@ waits for and stops every process the tests run).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,3 +123,25 @@ async def wait_for_info(
 
     await eventually(holds, timeout_s)
     return info
+
+
+def save_weights(path: Path, *args: str) -> Path:
+    """The weights `pdfleet node *args` would serve, written by `--save-weights`."""
+    command = [sys.executable, "-m", "node", *args, "--save-weights", str(path)]
+    done = subprocess.run(command, capture_output=True, timeout=STARTUP_DEADLINE_S, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    return path
+
+
+@pytest.fixture(scope="module")
+def seed7_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's weights as a `--seed 7` node serves them."""
+    return save_weights(tmp_path_factory.mktemp("weights") / "seed7.safetensors", "--seed", "7")
+
+
+async def post_json(
+    http: Any, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """POST `body` as JSON; the status and the JSON reply."""
+    async with http.post(url, json=body, headers=headers) as reply:
+        return reply.status, await reply.json()
