@@ -64,6 +64,11 @@ def _option(key: str, value: Any) -> list[str]:
     return [flag, str(value)]
 
 
+def launch_flags(launch: dict[str, Any]) -> list[str]:
+    """`pdfleet node` arguments for a `launch:` mapping."""
+    return [arg for key, value in launch.items() for arg in _option(key, value)]
+
+
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.port is None or parts.hostname is None:
@@ -77,9 +82,7 @@ def node_command(spec: NodeSpec) -> list[str]:
             "--host", host, "--port", str(port)]
     if spec.bootstrap_port is not None:
         args += ["--bootstrap-port", str(spec.bootstrap_port)]
-    for key, value in (spec.launch or {}).items():
-        args += _option(key, value)
-    return args
+    return args + launch_flags(spec.launch or {})
 
 
 def ports_in_use(config: FleetConfig) -> list[str]:

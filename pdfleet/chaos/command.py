@@ -15,7 +15,7 @@ import aiohttp
 from rich.console import Console
 from rich.live import Live
 
-from pdfleet.chaos.fleet import Fleet, FleetUnavailable, start_local
+from pdfleet.chaos.fleet import Checkpoints, Fleet, FleetUnavailable, start_local
 from pdfleet.chaos.report import add_row, json_report, new_table, write_junit
 from pdfleet.chaos.runner import ScenarioResult, run_all
 from pdfleet.chaos.scenario import ChaosFile, ScenarioError, load_scenarios
@@ -29,10 +29,11 @@ async def _run(chaos: ChaosFile, router_url: str, urls: dict[str, str] | None,
     timeout_s = float(chaos.fleet.router.get("control_timeout_s", DEFAULT_CONTROL_TIMEOUT_S))
     table = new_table()
     async with aiohttp.ClientSession() as session:
+        checkpoints = Checkpoints(chaos.fleet)
         if urls is None:
-            fleet = await Fleet.connect(router_url, chaos.fleet, session)
+            fleet = await Fleet.connect(router_url, chaos.fleet, session, checkpoints)
         else:
-            fleet = Fleet(router_url, urls, session, children)
+            fleet = Fleet(router_url, urls, session, children, checkpoints)
         with Live(table, console=console, refresh_per_second=4):
             return await run_all(fleet, chaos.scenarios, timeout_s,
                                  lambda result: add_row(table, result))

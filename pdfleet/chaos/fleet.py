@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,8 +19,15 @@ import yaml
 from rich.console import Console
 
 from node.faults.rules import parse_rule
-from pdfleet.chaos.scenario import ControlCall, FleetSpec, UnreachableNode
-from pdfleet.launcher import Child, LaunchError, LocalFleet, ports_in_use
+from pdfleet.chaos.scenario import (
+    Checkpoint,
+    ControlCall,
+    FleetSpec,
+    RouterCall,
+    UnreachableNode,
+    UpdateCall,
+)
+from pdfleet.launcher import Child, LaunchError, LocalFleet, launch_flags, ports_in_use
 from pdfleet.ports import free_port
 from pdfleet.vocabulary import Operation, Role
 from router.config import FleetConfig, NodeSpec, RouterSettings
@@ -31,6 +40,12 @@ ADMIN_CALL_S = 10.0
 MEMORY_OPERATIONS = "pdfleet_node_memory_operations_total"
 RESTART_READY_S = 120.0
 POLL_S = 0.1
+SAVE_WEIGHTS_S = 120.0
+# The `pdfleet node` options that decide a model's weights, which a checkpoint must match.
+MODEL_OPTIONS = ("model", "model_size", "layers", "width", "heads", "dtype", "seed")
+# The weights and version every node starts with unless its launch options say otherwise.
+BASE_SEED = 0
+BASE_VERSION = "default"
 
 
 class FleetUnavailable(Exception):
@@ -87,18 +102,60 @@ def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+class Checkpoints:
+    """Weights files of the fleet's model, written once per seed, as `pdfleet node
+    --save-weights` writes them; and one file that is not a checkpoint."""
+
+    def __init__(self, spec: FleetSpec) -> None:
+        launch = spec.nodes[0].launch if spec.nodes else {}
+        self._model = {k: v for k, v in launch.items() if k in MODEL_OPTIONS and k != "seed"}
+        self.base_seed = int(launch.get("seed", BASE_SEED))
+        self._folder = Path(tempfile.mkdtemp(prefix="pdfleet-checkpoints-"))
+        self._written: dict[int, Path] = {}
+
+    def path(self, checkpoint: Checkpoint) -> str:
+        if checkpoint.model_path is not None:
+            return checkpoint.model_path
+        if checkpoint.bad_file:
+            bad = self._folder / "not-a-checkpoint.safetensors"
+            bad.write_bytes(b"\xff" * 64)
+            return str(bad)
+        assert checkpoint.seed is not None
+        return str(self.seeded(checkpoint.seed))
+
+    def seeded(self, seed: int) -> Path:
+        path = self._written.get(seed)
+        if path is None:
+            path = self._folder / f"seed-{seed}.safetensors"
+            flags = launch_flags({**self._model, "device": "cpu", "seed": seed})
+            done = subprocess.run(
+                [sys.executable, "-m", "pdfleet", "node", *flags, "--save-weights", str(path)],
+                capture_output=True, text=True, timeout=SAVE_WEIGHTS_S)
+            if done.returncode != 0:
+                raise RuntimeError(f"writing the seed-{seed} checkpoint failed: "
+                                   f"{done.stderr[-2000:]}")
+            self._written[seed] = path
+        return path
+
+
 class Fleet:
     def __init__(self, router_url: str, urls: dict[str, str], session: aiohttp.ClientSession,
-                 children: dict[str, Child] | None = None) -> None:
+                 children: dict[str, Child] | None = None,
+                 checkpoints: Checkpoints | None = None) -> None:
         self.router_url = router_url.rstrip("/")
         self.urls = dict(urls)
         self.session = session
         self._children = children or {}
         self._headers = admin_headers()
+        self.checkpoints = checkpoints or Checkpoints(FleetSpec())
+        # What a scenario changed that the reset between scenarios must undo.
+        self.paused = False
+        self.weights_changed = False
 
     @classmethod
     async def connect(cls, router_url: str, spec: FleetSpec,
-                      session: aiohttp.ClientSession) -> Fleet:
+                      session: aiohttp.ClientSession,
+                      checkpoints: Checkpoints | None = None) -> Fleet:
         """Name the router's nodes as the scenario file does. FleetUnavailable if the router
         cannot be reached or lacks a node the file names."""
         try:
@@ -118,7 +175,7 @@ class Fleet:
                 raise FleetUnavailable(
                     f"router {router_url} has no {node.role.value} node left for {node.name!r}")
             urls[node.name] = url
-        return cls(router_url, urls, session)
+        return cls(router_url, urls, session, checkpoints=checkpoints)
 
     async def _call(self, method: str, url: str, payload: Any = None,
                     timeout_s: float = ADMIN_CALL_S, raw: bytes | None = None
@@ -185,15 +242,20 @@ class Fleet:
         if url is not None:
             await self._call("DELETE", f"{self.router_url}/workers?url={url}")
 
-    async def control(self, operation: str, call: ControlCall,
+    async def control(self, operation: str, call: RouterCall,
                       control_timeout_s: float) -> ControlReply:
+        """`operation` (its short name) through the router's fan-out route."""
         query = call.query_string()
-        route = Operation.from_short(operation).value
-        url = f"{self.router_url}/{route}" + (f"?{query}" if query else "")
-        payload: dict[str, Any] = {"tags": call.tags} if call.tags else {}
-        if call.drain is not None:
-            payload["drain"] = call.drain
-        raw = json.dumps({**payload, **call.body}).encode().ljust(call.body_bytes or 0)
+        kind = Operation.from_short(operation)
+        url = f"{self.router_url}/{kind.value}" + (f"?{query}" if query else "")
+        payload = call.payload()
+        if isinstance(call, UpdateCall):
+            payload = {"model_path": self.checkpoints.path(call), **payload}
+            self.weights_changed = True
+        if kind is Operation.PAUSE:
+            self.paused = True
+        size = call.body_bytes if isinstance(call, ControlCall) else None
+        raw = json.dumps(payload).encode().ljust(size or 0)
         timeout = call.query.get("timeout")
         wait_s = (float(timeout) if isinstance(timeout, int | float | str) else
                   control_timeout_s) + 30
@@ -239,6 +301,36 @@ class Fleet:
                 await asyncio.sleep(POLL_S)
             restarted.append(name)
         return restarted
+
+    async def weight_version(self, name: str) -> str | None:
+        """The node's own weight version (None: it names none, or cannot be reached)."""
+        try:
+            status, body = await self._call("GET", f"{self.urls[name]}/get_weight_version")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"{name}: GET /get_weight_version answered {status}: {body}")
+        version = body.get("weight_version")
+        return None if version is None else str(version)
+
+    async def level(self, within_s: float) -> None:
+        """Undo a scenario's refit: generation continued, every node back on the fleet's
+        first weights and version (nodes already there are sent them again: a node that
+        crashed mid-update may hold part of another checkpoint)."""
+        if self.paused:
+            reply = await self.control("continue", RouterCall(), within_s)
+            if reply.status != 200:
+                raise RuntimeError(f"continuing generation answered {reply.status}: "
+                                   f"{reply.body}")
+            self.paused = False
+        if self.weights_changed:
+            base = UpdateCall(seed=self.checkpoints.base_seed, version=BASE_VERSION,
+                              query={"force": "true"})
+            reply = await self.control("update", base, within_s)
+            if reply.status != 200:
+                raise RuntimeError(f"restoring the fleet's weights answered {reply.status}: "
+                                   f"{reply.body}")
+            self.weights_changed = False
 
     async def router_view(self) -> list[NodeStatus]:
         status, body = await self._call("GET", f"{self.router_url}/cluster/status")

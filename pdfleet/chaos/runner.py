@@ -14,7 +14,7 @@ import aiohttp
 
 from pdfleet.chaos.checks import StepCheck
 from pdfleet.chaos.fleet import Fleet
-from pdfleet.chaos.scenario import ControlCall, Scenario, Step, WaitFor
+from pdfleet.chaos.scenario import RouterCall, Scenario, Step, StepExpect, WaitFor
 from pdfleet.chaos.traffic import run_traffic
 
 RESET_WITHIN_S = 60.0
@@ -71,6 +71,8 @@ async def _run_step(fleet: Fleet, step: Step, control_timeout_s: float) -> StepR
     result = StepResult(step.describe())
     if step.clear_faults:
         await fleet.clear_faults()
+    if step.restart_crashed:
+        await fleet.restart_crashed()
     for name, rules in step.faults.items():
         await fleet.add_faults(name, rules)
     if step.wait_for is not None:
@@ -81,18 +83,39 @@ async def _run_step(fleet: Fleet, step: Step, control_timeout_s: float) -> StepR
         traffic = await run_traffic(fleet, step.traffic, control_timeout_s)
         result.elapsed_s = time.monotonic() - started
         result.traffic = traffic.summary()
-        check.mismatches += traffic.mismatches(step.expect.traffic, step.traffic.sleep_wake_cycles)
+        check.mismatches += traffic.mismatches(step.expect.traffic, step.traffic.cycles)
     else:
-        call = getattr(step, step.operation)
-        assert isinstance(call, ControlCall)
+        call = step.call(step.operation)
+        assert isinstance(call, RouterCall)
         before = await fleet.call_trace() if step.expect.no_node_called else None
         reply = await fleet.control(step.operation, call, control_timeout_s)
         result.status, result.reply, result.elapsed_s = reply.status, reply.body, reply.elapsed_s
         check.control(step.expect, reply.status, reply.body, reply.elapsed_s, fleet.urls)
         if before is not None:
             check.no_node_called(before, await fleet.call_trace())
-    result.mismatches += check.mismatches
+    result.mismatches += check.mismatches + await _versions(fleet, step.expect)
     return result
+
+
+async def _versions(fleet: Fleet, expect: StepExpect) -> list[str]:
+    """The nodes' weight versions, and which the router shows stale, against `expect`."""
+    problems = await _node_versions(fleet, expect.versions)
+    if expect.stale is not None:
+        names = {url: name for name, url in fleet.urls.items()}
+        stale = sorted(names[n.server] for n in await fleet.router_view()
+                       if n.server in names and n.stale)
+        if stale != sorted(expect.stale):
+            problems.append(f"the router shows stale {stale}, expected {sorted(expect.stale)}")
+    return problems
+
+
+async def _node_versions(fleet: Fleet, wanted: dict[str, str | None]) -> list[str]:
+    problems = []
+    for name, version in wanted.items():
+        got = await fleet.weight_version(name)
+        if got != version:
+            problems.append(f"{name}: weight version {got!r}, expected {version!r}")
+    return problems
 
 
 async def _final(fleet: Fleet, scenario: Scenario) -> list[str]:
@@ -107,7 +130,7 @@ async def _final(fleet: Fleet, scenario: Scenario) -> list[str]:
         got = await fleet.released_tags(name)
         if got is not None:
             problems.append(f"{name}: expected down, but it answers (released_tags {got})")
-    return problems
+    return problems + await _node_versions(fleet, scenario.final.versions)
 
 
 async def _reset(fleet: Fleet) -> None:
@@ -116,6 +139,7 @@ async def _reset(fleet: Fleet) -> None:
         raise RuntimeError("; ".join(problems))
     await fleet.restart_crashed()
     await fleet.wake(RESET_WITHIN_S)
+    await fleet.level(RESET_WITHIN_S)  # a node takes new weights only while they are resident
 
 
 async def run_scenario(fleet: Fleet, scenario: Scenario, control_timeout_s: float

@@ -15,7 +15,7 @@ from pdfleet.vocabulary import Role
 from router.config import describe_validation_error, read_yaml
 
 ErrorKind = Literal["refused", "reset", "timeout", "other"]
-OPERATIONS = ("release", "resume", "flush", "traffic")
+OPERATIONS = ("release", "resume", "flush", "pause", "continue", "update", "traffic")
 MAX_TRAFFIC_S = 300.0
 MAX_BODY_BYTES = 64 << 20
 
@@ -41,24 +41,76 @@ class FleetSpec(_Strict):
 
 
 DrainMode = Literal["wait", "abort"]
+PauseMode = Literal["abort", "in_place", "retract"]
+RefitMode = Literal["abort", "in_place"]
 
 
 QueryValue = str | int | float
 
 
-class ControlCall(_Strict):
-    tags: list[str] | None = None
-    # Release only: how the nodes end in-flight requests (SGLang body field, sent verbatim).
-    drain: DrainMode | None = None
+class RouterCall(_Strict):
+    """A call of one of the router's fan-out routes."""
+
     # A list repeats the key (`role: [decode, prefill]` is `?role=decode&role=prefill`).
     query: dict[str, QueryValue | list[QueryValue]] = {}
     # More body fields, sent as given: a caller's mistake such as a misspelt field.
     body: dict[str, Any] = {}
-    # The body padded with spaces to this size, to send more than a node accepts.
-    body_bytes: int | None = Field(None, ge=1, le=MAX_BODY_BYTES)
 
     def query_string(self) -> str:
         return urlencode(self.query, doseq=True)
+
+    def payload(self) -> dict[str, Any]:
+        """The body's fields of this kind of call, then `body` as given."""
+        return dict(self.body)
+
+
+class ControlCall(RouterCall):
+    tags: list[str] | None = None
+    # Release only: how the nodes end in-flight requests (SGLang body field, sent verbatim).
+    drain: DrainMode | None = None
+    # The body padded with spaces to this size, to send more than a node accepts.
+    body_bytes: int | None = Field(None, ge=1, le=MAX_BODY_BYTES)
+
+    def payload(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"tags": self.tags} if self.tags else {}
+        if self.drain is not None:
+            fields["drain"] = self.drain
+        return {**fields, **self.body}
+
+
+class PauseCall(RouterCall):
+    mode: PauseMode = "abort"
+
+    def payload(self) -> dict[str, Any]:
+        return {"mode": self.mode, **self.body}
+
+
+class Checkpoint(_Strict):
+    """Which weights an update sends: the fleet's model with another seed (the harness writes
+    the file, as `pdfleet node --save-weights` does), a file by path, or a file that is not a
+    checkpoint at all."""
+
+    seed: int | None = None
+    model_path: str | None = None
+    bad_file: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Checkpoint:
+        given = [self.seed is not None, self.model_path is not None, self.bad_file]
+        if sum(given) != 1:
+            raise ValueError("an update names exactly one of seed, model_path, bad_file")
+        return self
+
+
+class UpdateCall(RouterCall, Checkpoint):
+    """update_weights_from_disk through the router."""
+
+    version: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        # The file's path is the harness's to fill in (Fleet.checkpoint_path).
+        fields = {"weight_version": self.version} if self.version is not None else {}
+        return {**fields, **self.body}
 
 
 class Traffic(_Strict):
@@ -78,12 +130,23 @@ class Traffic(_Strict):
     cycle_drain: DrainMode | None = None
     # How long the fleet stays asleep in each cycle.
     asleep_s: float = Field(0.5, ge=0, le=60)
+    # Refits during the traffic: pause, update to the next of `refit_seeds`' weights (version
+    # `seed-N`), continue. Each completed reply must carry the tokens of the version it names.
+    refit_cycles: int = Field(0, ge=0, le=50)
+    refit_seeds: list[int] = Field(default_factory=lambda: [7, 0], min_length=1)
+    refit_mode: RefitMode = "abort"
 
     @model_validator(mode="after")
     def _bounded(self) -> Traffic:
         if self.requests is None and self.seconds is None:
             raise ValueError("traffic needs `requests` or `seconds` (it must be bounded)")
+        if self.sleep_wake_cycles and self.refit_cycles:
+            raise ValueError("traffic has sleep_wake_cycles or refit_cycles, not both")
         return self
+
+    @property
+    def cycles(self) -> int:
+        return self.sleep_wake_cycles or self.refit_cycles
 
 
 class NodeFailure(_Strict):
@@ -106,6 +169,8 @@ class Bounds(_Strict):
 
 class TrafficExpect(_Strict):
     min_completed: int = Field(1, ge=0)
+    # Every completed reply names this weight version.
+    version: str | None = None
 
 
 class StepExpect(_Strict):
@@ -118,6 +183,10 @@ class StepExpect(_Strict):
     # The router answered without calling any node: its operations log gained no entry, and
     # every node's released tags and count of memory operations are as before the step.
     no_node_called: bool = False
+    # After the step: the nodes the router shows stale (behind the fleet's weight version).
+    stale: list[str] | None = None
+    # After the step: each node's weight version, as the node itself says.
+    versions: dict[str, str | None] = {}
 
 
 class WaitFor(_Strict):
@@ -128,38 +197,63 @@ class WaitFor(_Strict):
 
 
 class Step(_Strict):
+    model_config = ConfigDict(populate_by_name=True)
+
     faults: dict[str, list[str]] = {}
     clear_faults: bool = False
+    # Before the step: start again the nodes of a local fleet that exited (a crash).
+    restart_crashed: bool = False
     wait_for: WaitFor | None = None
     release: ControlCall | None = None
     resume: ControlCall | None = None
     flush: ControlCall | None = None
+    pause: PauseCall | None = None
+    continue_: RouterCall | None = Field(None, alias="continue")
+    update: UpdateCall | None = None
     traffic: Traffic | None = None
     expect: StepExpect = StepExpect()
 
     @model_validator(mode="after")
     def _one_operation(self) -> Step:
-        given = [name for name in OPERATIONS if getattr(self, name) is not None]
+        given = [name for name in OPERATIONS if self.call(name) is not None]
         if len(given) != 1:
             raise ValueError(f"a step has exactly one operation of {', '.join(OPERATIONS)}; "
                              f"got {', '.join(given) or 'none'}")
         if self.traffic is not None and self.expect.no_node_called:
-            raise ValueError("expect.no_node_called applies to release, resume and flush")
+            raise ValueError("expect.no_node_called applies to the router's fan-out routes")
         return self
+
+    def call(self, operation: str) -> RouterCall | Traffic | None:
+        value: RouterCall | Traffic | None = getattr(
+            self, "continue_" if operation == "continue" else operation)
+        return value
 
     @property
     def operation(self) -> str:
-        return next(name for name in OPERATIONS if getattr(self, name) is not None)
+        return next(name for name in OPERATIONS if self.call(name) is not None)
 
     def describe(self) -> str:
-        call = getattr(self, self.operation)
+        call = self.call(self.operation)
+        if not isinstance(call, RouterCall):
+            return self.operation
+        parts = [self.operation]
         if isinstance(call, ControlCall):
-            query = call.query_string()
-            tags = f" tags={','.join(call.tags)}" if call.tags else ""
-            body = f" body={json.dumps(call.body)}" if call.body else ""
-            size = f" body_bytes={call.body_bytes}" if call.body_bytes else ""
-            return f"{self.operation}{tags}{body}{size}{' ?' + query if query else ''}"
-        return self.operation
+            parts += [f"tags={','.join(call.tags)}"] if call.tags else []
+            parts += [f"body_bytes={call.body_bytes}"] if call.body_bytes else []
+        if isinstance(call, PauseCall):
+            parts.append(f"mode={call.mode}")
+        if isinstance(call, UpdateCall):
+            parts.append(describe_checkpoint(call))
+            parts += [f"version={call.version}"] if call.version is not None else []
+        parts += [f"body={json.dumps(call.body)}"] if call.body else []
+        query = call.query_string()
+        return " ".join(parts) + (f" ?{query}" if query else "")
+
+
+def describe_checkpoint(checkpoint: Checkpoint) -> str:
+    if checkpoint.seed is not None:
+        return f"seed={checkpoint.seed}"
+    return "a bad file" if checkpoint.bad_file else f"model_path={checkpoint.model_path}"
 
 
 class UnreachableNode(_Strict):
@@ -174,6 +268,8 @@ class Final(_Strict):
 
     released_tags: dict[str, list[str]] = {}
     down: list[str] = []
+    # Each node's weight version, as the node itself says.
+    versions: dict[str, str | None] = {}
 
 
 class Scenario(_Strict):
@@ -191,7 +287,8 @@ class Scenario(_Strict):
         scenario of one step."""
         if not isinstance(data, dict):
             return data
-        moved = {k: data[k] for k in (*OPERATIONS, "expect", "wait_for") if k in data}
+        moved = {k: data[k] for k in (*OPERATIONS, "expect", "wait_for", "restart_crashed")
+                 if k in data}
         if not moved:
             return data
         if "steps" in data:
@@ -220,9 +317,12 @@ def _check_names(chaos: ChaosFile, source: str) -> None:
         used: list[tuple[str, str]] = [(f"faults.{n}", n) for n in scenario.faults]
         used += [(f"final.released_tags.{n}", n) for n in scenario.final.released_tags]
         used += [(f"final.down.{n}", n) for n in scenario.final.down]
+        used += [(f"final.versions.{n}", n) for n in scenario.final.versions]
         for j, step in enumerate(scenario.steps):
             used += [(f"steps.{j}.faults.{n}", n) for n in step.faults]
             used += [(f"steps.{j}.expect.failed.{n}", n) for n in step.expect.failed or {}]
+            used += [(f"steps.{j}.expect.stale.{n}", n) for n in step.expect.stale or []]
+            used += [(f"steps.{j}.expect.versions.{n}", n) for n in step.expect.versions]
             if step.wait_for:
                 used += [(f"steps.{j}.wait_for.{n}", n) for n in step.wait_for.released_tags]
         for key, name in used:
