@@ -28,7 +28,11 @@ async def _run(chaos: ChaosFile, router_url: str, urls: dict[str, str] | None,
                children: dict[str, Child], console: Console) -> list[ScenarioResult]:
     timeout_s = float(chaos.fleet.router.get("control_timeout_s", DEFAULT_CONTROL_TIMEOUT_S))
     table = new_table()
-    async with aiohttp.ClientSession() as session:
+    # A connection per request: a kept-alive connection that a node (or the router) closes
+    # for idleness just as the next request goes out would fail that request, and which one
+    # it hits depends on timing.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)
+                                     ) as session:
         checkpoints = Checkpoints(chaos.fleet)
         if urls is None:
             fleet = await Fleet.connect(router_url, chaos.fleet, session, checkpoints)
