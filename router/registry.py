@@ -29,6 +29,28 @@ class Health(StrEnum):
     DOWN = "down"
 
 
+class NodeSource(StrEnum):
+    """Who put the node in the fleet, and so who may take it out."""
+
+    STATIC = "static"  # the config file or POST /workers
+    KUBERNETES = "kubernetes"  # discovered: the cluster owns it
+
+
+class NodePhase(StrEnum):
+    """Where a node is in its membership; only a serving node takes new requests."""
+
+    JOINING = "joining"  # found, not yet matched to the fleet (e.g. released as it sleeps)
+    SERVING = "serving"
+    DRAINING = "draining"  # on its way out: in-flight requests finish, no new ones
+
+
+PHASE_TRANSITIONS: dict[NodePhase, frozenset[NodePhase]] = {
+    NodePhase.JOINING: frozenset({NodePhase.SERVING, NodePhase.DRAINING}),
+    NodePhase.SERVING: frozenset({NodePhase.DRAINING}),
+    NodePhase.DRAINING: frozenset(),
+}
+
+
 @dataclass
 class Node:
     url: str
@@ -51,14 +73,28 @@ class Node:
     # update said.
     weight_version: str | None = None
     weight_version_known: bool = False
+    source: NodeSource = NodeSource.STATIC
+    pod: str | None = None  # the pod it runs in, when discovered
+    phase: NodePhase = NodePhase.SERVING
 
     @property
     def sleeping(self) -> bool:
         return bool(self.released_tags)
 
     @property
+    def draining(self) -> bool:
+        return self.phase is NodePhase.DRAINING
+
+    @property
     def routable(self) -> bool:
-        return self.health is not Health.DOWN and not self.sleeping
+        return (self.health is not Health.DOWN and not self.sleeping
+                and self.phase is NodePhase.SERVING)
+
+    def enter(self, phase: NodePhase) -> None:
+        """Move to `phase`; ValueError for a move the phases do not allow."""
+        if phase is not self.phase and phase not in PHASE_TRANSITIONS[self.phase]:
+            raise ValueError(f"node {self.url}: {self.phase} cannot become {phase}")
+        self.phase = phase
 
     @property
     def host(self) -> str:
@@ -82,6 +118,10 @@ class Node:
             checked_at=self.checked_at,
             latency_ms=self.latency_ms,
             bootstrap_port=self.bootstrap_port,
+            source=self.source,
+            pod=self.pod,
+            phase=self.phase,
+            draining=self.draining,
         )
 
 
@@ -107,6 +147,10 @@ class NodeStatus(BaseModel):
     checked_at: float | None
     latency_ms: float | None
     bootstrap_port: int | None
+    source: NodeSource
+    pod: str | None
+    phase: NodePhase
+    draining: bool
 
 
 class FleetSummary(BaseModel):
@@ -149,11 +193,12 @@ class FleetRegistry:
         for spec in specs or []:
             self.add(spec)
 
-    def add(self, spec: NodeSpec) -> Node:
+    def add(self, spec: NodeSpec, source: NodeSource = NodeSource.STATIC, pod: str | None = None,
+            phase: NodePhase = NodePhase.SERVING) -> Node:
         if spec.url in self._nodes:
             raise KeyError(spec.url)
         node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port,
-                    engine=spec.engine, ranks=spec.ranks)
+                    engine=spec.engine, ranks=spec.ranks, source=source, pod=pod, phase=phase)
         self._nodes[spec.url] = node
         return node
 

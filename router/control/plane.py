@@ -25,7 +25,7 @@ from router.control.report import ControlReport, NodeResult
 from router.control.request import ControlRequest
 from router.engines import ENGINES
 from router.http.pool import NodeClient
-from router.registry import FleetRegistry
+from router.registry import FleetRegistry, Node
 
 ROLLBACK_OPERATION = Operation.RESUME
 
@@ -57,13 +57,15 @@ class ControlPlane:
     def running(self) -> RunningOperation | None:
         return self._lock.running()
 
-    async def run(self, request: ControlRequest) -> ControlReport:
-        """Run `request`; OperationInProgress if another operation holds the lock."""
+    async def run(self, request: ControlRequest, nodes: list[Node] | None = None) -> ControlReport:
+        """Run `request` on `nodes` (None: the request's role, or the whole fleet);
+        OperationInProgress if another operation holds the lock."""
         request_id = uuid.uuid4().hex
         with self._lock.hold(request.operation, request_id) as sequence:
             started_at = time.time()
             started = time.perf_counter()
-            nodes = self._registry.with_role(request.role)
+            if nodes is None:
+                nodes = self._registry.with_role(request.role)
             results = await self._fanout.send(
                 nodes, request.operation, request.body, request.content_type, request,
                 request_id, started=started)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pdfleet.vocabulary import DEFAULT_ENGINE, EngineName, Role
 from router.config import NodeSpec, describe_validation_error
 from router.peers import MembershipBusy
+from router.registry import NodeSource
 from router.routes.schemas import ClusterStatus, errors, json_body
 from router.state import State
 
@@ -54,6 +55,7 @@ async def cluster_status(state: State) -> ClusterStatus:
         control_operation=state.control.running(),
         generated_at=time.time(),
         nodes=[n.status_view() for n in state.registry.all()],
+        discovery=None if state.discovery is None else state.discovery.status(),
     )
 
 
@@ -90,11 +92,15 @@ async def add_worker(request: Request, state: State) -> dict:
             "engine": node.engine}
 
 
-@router.delete("/workers", responses=errors(401, 404, 422))
+@router.delete("/workers", responses=errors(401, 404, 409, 422))
 async def remove_worker(
     request: Request, url: str, state: State
 ) -> dict:
     state.admin(request)
+    found = state.registry.get(url)
+    if found is not None and found.source is NodeSource.KUBERNETES:
+        raise HTTPException(409, detail=f"worker {found.url} is pod {found.pod}, discovered from "
+                            "Kubernetes: the cluster owns it; scale or delete the pod instead")
     try:
         node = await state.peers.remove_node(url)
     except KeyError:

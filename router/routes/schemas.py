@@ -16,6 +16,7 @@ from pdfleet.vocabulary import MEMORY_TAGS, NODE_MAX_BODY_BYTES, Operation, Role
 from router.control.lock import RunningOperation
 from router.control.report import ControlFailed
 from router.control.request import BODIES, LEVELS, MAX_TIMEOUT_S, MODES
+from router.discovery.kubernetes import DiscoveryStatus
 from router.registry import FleetSummary, NodeStatus
 
 ERROR_MEANINGS = {
@@ -56,6 +57,7 @@ class ClusterStatus(BaseModel):
     control_operation: RunningOperation | None
     generated_at: float
     nodes: list[NodeStatus]
+    discovery: DiscoveryStatus | None = None  # None: the fleet is the config's and the API's
 
 
 def _query(name: str, schema: dict[str, Any], description: str,
