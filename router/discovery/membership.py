@@ -68,6 +68,9 @@ class DiscoveredFleet:
         self._on_join = on_join
         self._nodes: dict[tuple[Role, str], Node] = {}  # (role, pod) -> its node
         self._joins: dict[str, asyncio.Task[None]] = {}
+        # Pods whose URL another role's entry of the same pod still holds: relabelled from
+        # one role to the other, the new role's watch may tell before the old one's does.
+        self._waiting: dict[str, tuple[Role, PodNode]] = {}
         self.events: deque[MembershipEvent] = deque(maxlen=EVENTS_KEPT)
 
     def count(self, role: Role) -> int:
@@ -86,6 +89,8 @@ class DiscoveredFleet:
         if node is not None and (found is None or not _same_node(node, found)):
             self._leave(role, pod, node)
             node = None
+        self._waiting = {url: entry for url, entry in self._waiting.items()
+                         if entry[0] is not role or entry[1].pod != pod}
         if found is None:
             return
         if node is None:
@@ -108,7 +113,12 @@ class DiscoveredFleet:
             node = self._registry.add(found.spec, source=NodeSource.KUBERNETES, pod=found.pod,
                                       phase=NodePhase.JOINING)
         except KeyError:
-            self.rejected(found.pod, f"{found.spec.url} is already a node of the fleet")
+            holder = self._registry.get(found.spec.url)
+            if holder is not None and holder.source is NodeSource.KUBERNETES \
+                    and holder.pod == found.pod:
+                self._waiting[found.spec.url] = (role, found)
+            else:
+                self.rejected(found.pod, f"{found.spec.url} is already a node of the fleet")
             return
         self._nodes[(role, found.pod)] = node
         self._event(found.pod, node.url, "joined")
@@ -129,6 +139,8 @@ class DiscoveredFleet:
         if self._registry.get(node.url) is node:
             self._registry.remove(node.url)
         self._event(pod, node.url, "left")
+        if (waiting := self._waiting.pop(node.url, None)) is not None:
+            self._join(*waiting)
 
     def _serve(self, node: Node) -> None:
         node.enter(NodePhase.SERVING)

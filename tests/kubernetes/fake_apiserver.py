@@ -1,7 +1,7 @@
 """A fake Kubernetes API server for tests and benchmarks: the pods of any namespace, with the
 list/watch protocol the real server speaks.
 
-- `GET /api/v1/namespaces/{ns}/pods[?labelSelector=][&limit=&continue=]`: a PodList whose
+- `GET /api/v1/namespaces/{ns}/pods[?labelSelector=]`: a PodList whose
   `metadata.resourceVersion` is the store's version at the time of the list; selectors in
   Kubernetes' string form, equality and set-based.
 - `...&watch=true[&resourceVersion=R][&timeoutSeconds=T]`: a chunked stream of JSON lines
@@ -15,8 +15,8 @@ list/watch protocol the real server speaks.
 
 The test drives it: `add_pod`, `set_ready`, `annotate`, `label`, `start_deleting`,
 `delete_pod`; `cut_watches()` cuts every open watch in the middle of an event;
-`forget_history()` makes every older resourceVersion expire; `fail_next(n, status)` answers
-the next n requests with that error.
+`end_watches()` ends them cleanly; `forget_history()` makes every resourceVersion seen so far
+expire; `fail_next(n, status)` answers the next n requests with that error.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from router.discovery.selectors import LabelSelector, SelectorError, parse_selec
 JSON = "application/json"
 TOKEN = "fake-service-account-token"  # what the kubeconfig gives; anything else is a 401
 CUT = object()  # put on a watch's queue: cut the stream mid-event
+END = object()  # put on a watch's queue: end the stream cleanly, as a server-side timeout does
 
 
 def status_object(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -167,8 +168,18 @@ class FakeApiServer:
         for watch in self.watches:
             watch.queue.put_nowait(CUT)
 
+    def end_watches(self) -> None:
+        """End every open watch cleanly; a client watches again from the last version it
+        saw."""
+        for watch in self.watches:
+            watch.queue.put_nowait(END)
+
     def forget_history(self) -> None:
+        """Compact: every version before now expires (a watch from it gets 410). Other
+        objects move the cluster's version on meanwhile, so the version a list gives now is
+        not the one a watch already had."""
         self.history.clear()
+        self.version += 1
         self.oldest_kept = self.version
 
     def fail_next(self, count: int, status: int = 503) -> None:
@@ -269,6 +280,9 @@ class FakeApiServer:
             async with asyncio.timeout(timeout_s):
                 while True:
                     event = await watch.queue.get()
+                    if event is END:
+                        await reply.write_eof()
+                        return reply
                     if event is CUT:
                         await reply.write(b'{"type": "MODIFIED", "object": {"kind": "Po')
                         assert request.transport is not None
@@ -277,6 +291,8 @@ class FakeApiServer:
                     await reply.write(json.dumps(event).encode() + b"\n")
         except TimeoutError:
             await reply.write_eof()
+            return reply
+        except ConnectionError:  # the client went away
             return reply
         finally:
             self.watches.remove(watch)
