@@ -35,9 +35,9 @@ from router.discovery.selectors import LabelSelector
 log = logging.getLogger("router.discovery")
 
 # The API verbs on pods this module uses: `list` (AsyncClient.list) and `watch`
-# (AsyncClient.watch). `get` is granted beside them so an operator's `kubectl get pod`
-# under the router's account works; nothing here writes.
-VERBS = ("get", "list", "watch")
+# (AsyncClient.watch). Nothing here reads a single pod (`get`) or writes one, so the Role in
+# deploy/kubernetes grants these two and no more.
+VERBS = ("list", "watch")
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after consecutive API errors; the last repeats
 DEFAULT_NAMESPACE = "default"
 GONE = 410

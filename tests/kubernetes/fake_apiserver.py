@@ -93,6 +93,7 @@ class FakeApiServer:
         self.lists = 0
         self.watches_opened = 0
         self.requests: list[str] = []  # path?query of every request, in order
+        self.verbs_seen: set[str] = set()  # the API verbs clients used: list, watch
         self._failures: list[int] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -227,7 +228,9 @@ class FakeApiServer:
         except SelectorError as exc:
             return status_reply(400, "BadRequest", f"unable to parse requirement: {exc}")
         if request.query.get("watch") in ("true", "1"):
+            self.verbs_seen.add("watch")
             return await self._watch(request, Watch(namespace, selector))
+        self.verbs_seen.add("list")
         return self._list(namespace, selector)
 
     def _list(self, namespace: str, selector: LabelSelector | None) -> web.Response:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router.discovery.kubernetes import VERBS
 from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.fake_apiserver import FakeApiServer
 from tests.procs import eventually
@@ -188,6 +189,8 @@ async def test_a_cut_watch_is_an_error_and_a_new_list_catches_up(
     decode = (await watches(http, router))["decode"]
     assert decode["errors"] >= 1 and decode["last_error"]
     assert fake_api.lists > lists
+    # the verbs the router's Role grants (tests/kubernetes/test_manifests.py) are these
+    assert fake_api.verbs_seen == set(VERBS)
 
 
 @pytest.mark.parametrize("gone_as_http", [False, True], ids=["error_event", "http_410"])
