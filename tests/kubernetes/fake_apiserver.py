@@ -91,6 +91,7 @@ class FakeApiServer:
         self.oldest_kept = self.version  # watches from before this version are gone
         self.watches: list[Watch] = []
         self.lists = 0
+        self.listed_at: list[float] = []  # when each list was answered (perf_counter)
         self.watches_opened = 0
         self.requests: list[str] = []  # path?query of every request, in order
         self.verbs_seen: set[str] = set()  # the API verbs clients used: list, watch
@@ -235,6 +236,7 @@ class FakeApiServer:
 
     def _list(self, namespace: str, selector: LabelSelector | None) -> web.Response:
         self.lists += 1
+        self.listed_at.append(time.perf_counter())
         watch = Watch(namespace, selector)
         items = [pod for pod in self.pods.values() if watch.selects(pod)]
         body = {"kind": "PodList", "apiVersion": "v1",

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from router.discovery.kubernetes import VERBS
-from tests.kubernetes.conftest import NAMESPACE
+from tests.kubernetes.discovering_router import NAMESPACE
 from tests.kubernetes.fake_apiserver import FakeApiServer
 from tests.procs import eventually
 
