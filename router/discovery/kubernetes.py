@@ -80,7 +80,7 @@ class DiscoveryStatus(BaseModel):
     source: str = "kubernetes"
     namespace: str | None
     roles: list[RoleWatchStatus]
-    recent: list[MembershipEvent]  # joins, releases, drains and leaves, newest first
+    recent: list[MembershipEvent]  # joins, drains, leaves and rejected pods, newest first
 
 
 class RoleWatch:
@@ -141,27 +141,26 @@ class KubernetesWatcher:
         as Kubernetes rotates it."""
         path = self._settings.kubeconfig
         config = KubeConfig.from_file(path) if path else KubeConfig.from_service_account()
-        namespace = (self._settings.namespace or config.get().namespace  # type: ignore[union-attr]
-                     or DEFAULT_NAMESPACE)
-        self._namespace = namespace
-        return AsyncClient(config=config, namespace=namespace)
+        context = config.get()
+        if context is None:
+            raise ConfigError(f"kubeconfig {path} names no current context")
+        self._namespace = self._settings.namespace or context.namespace or DEFAULT_NAMESPACE
+        return AsyncClient(config=config, namespace=self._namespace)
 
     async def _run(self, watch: RoleWatch) -> None:
         while True:
+            client: AsyncClient | None = None
             try:
                 client = self._client()
-            except (ConfigError, KeyError, OSError) as exc:
-                await self._failed(watch, f"no Kubernetes client: {exc!r}")
-                continue
-            try:
                 await self._list_then_watch(client, watch)
-            except Exception as exc:  # whatever the API server or the network did: wait, list
+            except Exception as exc:  # whatever the config, the network or the API server did
                 if _gone(exc):
                     log.info("%s watch: history gone (410), listing again", watch.role)
                 else:
                     await self._failed(watch, _describe(exc))
             finally:
-                await client.close()
+                if client is not None:
+                    await client.close()
 
     async def _list_then_watch(self, client: AsyncClient, watch: RoleWatch) -> None:
         """One list, then the watch from it, until `resync_s` passes (a normal return)."""
@@ -182,7 +181,8 @@ class KubernetesWatcher:
                         Pod, namespace=namespace, labels=watch.selector.labels(),
                         resource_version=watch.resource_version):
                     watch.events += 1
-                    watch.resource_version = pod.metadata.resourceVersion  # type: ignore[union-attr]
+                    if pod.metadata is not None:
+                        watch.resource_version = pod.metadata.resourceVersion
                     found = None if event == "DELETED" else self._node(pod, watch.role)
                     self._fleet.update(watch.role, pod_name(pod), found)
             except TimeoutError:

@@ -1,12 +1,12 @@
 """How discovered pods join and leave the fleet registry.
 
-A pod that becomes a node joins `joining`: it takes no traffic yet. With `on_join:
-match_fleet` it is first sent the release the fleet is in (the tags its serving nodes have
-released), through the control plane, so the operation shows in `/cluster/operations` like
-any other and never overlaps one; then it serves (asleep, if it was released, until the fleet
-is resumed). A new replica must not hold the memory a trainer was given. A pod being deleted
-drains (no new requests; the ones in flight finish); a pod no longer Ready, deleted, or no
-longer selected leaves.
+A pod that becomes a node serves at once while the fleet is awake. When the fleet has tags
+released (and `on_join` is `match_fleet`, the default), it joins `joining` instead, taking no
+traffic, and is first sent the same release through the control plane, so the operation
+shows in `/cluster/operations` like any other and never overlaps one; then it serves (asleep,
+until the fleet is resumed). A new replica must not hold the memory a trainer was given. A pod
+being deleted drains (no new requests; the ones in flight finish); a pod no longer Ready,
+deleted, or no longer selected leaves.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class MembershipEvent(BaseModel):
     at: float  # wall-clock seconds
     pod: str
     node: str
-    event: Literal["joined", "released", "serving", "draining", "left", "rejected"]
+    event: Literal["joined", "serving", "draining", "left", "rejected"]
     detail: str | None = None
 
 
@@ -80,11 +80,16 @@ class DiscoveredFleet:
         """A full list of `role`'s pods: each one as it is now; pods not listed are gone."""
         for role_, pod in [key for key in self._nodes if key[0] is role and key[1] not in pods]:
             self.update(role_, pod, None)
+        # Read once for the whole list: the pods joining now are not serving, so they do not
+        # change it, and reading it per pod would cost the square of the fleet's size.
+        released = self._released_tags()
         for pod, found in pods.items():
-            self.update(role, pod, found)
+            self.update(role, pod, found, released)
 
-    def update(self, role: Role, pod: str, found: PodNode | None) -> None:
-        """`pod` (of `role`) is `found` now; None: not a node (not Ready, or deleted)."""
+    def update(self, role: Role, pod: str, found: PodNode | None,
+               released: list[str] | None = None) -> None:
+        """`pod` (of `role`) is `found` now; None: not a node (not Ready, or deleted).
+        `released`: the fleet's released tags, when the caller has read them."""
         node = self._nodes.get((role, pod))
         if node is not None and (found is None or not _same_node(node, found)):
             self._leave(role, pod, node)
@@ -94,7 +99,7 @@ class DiscoveredFleet:
         if found is None:
             return
         if node is None:
-            self._join(role, found)
+            self._join(role, found, self._released_tags() if released is None else released)
         elif found.draining and not node.draining:
             node.enter(NodePhase.DRAINING)
             self._event(found.pod, node.url, "draining")
@@ -108,7 +113,11 @@ class DiscoveredFleet:
             task.cancel()
         await asyncio.gather(*joins, return_exceptions=True)
 
-    def _join(self, role: Role, found: PodNode) -> None:
+    def _released_tags(self) -> list[str]:
+        """What a joining node must release first: none with `on_join: none`."""
+        return [] if self._on_join is OnJoin.NONE else fleet_released_tags(self._registry)
+
+    def _join(self, role: Role, found: PodNode, released: list[str]) -> None:
         try:
             node = self._registry.add(found.spec, source=NodeSource.KUBERNETES, pod=found.pod,
                                       phase=NodePhase.JOINING)
@@ -121,13 +130,15 @@ class DiscoveredFleet:
                 self.rejected(found.pod, f"{found.spec.url} is already a node of the fleet")
             return
         self._nodes[(role, found.pod)] = node
-        self._event(found.pod, node.url, "joined")
         if found.draining:
             node.enter(NodePhase.DRAINING)
-            self._event(found.pod, node.url, "draining")
-        elif self._on_join is OnJoin.NONE:
-            self._serve(node)
+            self._event(found.pod, node.url, "joined", "draining")
+        elif not released:
+            node.enter(NodePhase.SERVING)
+            self._event(found.pod, node.url, "joined", "serving")
         else:
+            self._event(found.pod, node.url, "joined",
+                        f"the fleet has released {','.join(released)}: releasing it first")
             task = asyncio.create_task(self._match_fleet(node), name=f"join {node.url}")
             self._joins[node.url] = task
             task.add_done_callback(lambda _: self._joins.pop(node.url, None))
@@ -140,11 +151,11 @@ class DiscoveredFleet:
             self._registry.remove(node.url)
         self._event(pod, node.url, "left")
         if (waiting := self._waiting.pop(node.url, None)) is not None:
-            self._join(*waiting)
+            self._join(*waiting, self._released_tags())
 
-    def _serve(self, node: Node) -> None:
+    def _serve(self, node: Node, detail: str) -> None:
         node.enter(NodePhase.SERVING)
-        self._event(node.pod or "", node.url, "serving")
+        self._event(node.pod or "", node.url, "serving", detail)
 
     async def _match_fleet(self, node: Node) -> None:
         """Release `node` as the fleet is released, then let it serve. The tags are read
@@ -154,7 +165,7 @@ class DiscoveredFleet:
         while node.phase is NodePhase.JOINING and self._registry.get(node.url) is node:
             tags = fleet_released_tags(self._registry)
             if not tags:
-                self._serve(node)
+                self._serve(node, "the fleet woke meanwhile")
                 return
             request = ControlRequest(
                 operation=Operation.RELEASE, body=json.dumps({"tags": tags}).encode(),
@@ -166,9 +177,8 @@ class DiscoveredFleet:
                 await asyncio.sleep(LOCK_WAIT_S)
                 continue
             if report.failed == 0:
-                self._event(node.pod or "", node.url, "released", ",".join(tags))
                 if node.phase is NodePhase.JOINING:
-                    self._serve(node)
+                    self._serve(node, f"released {','.join(tags)} as the fleet")
                 return
             detail = report.failures[0].error or report.failures[0].detail
             log.warning("pod %s (%s) joined a sleeping fleet and could not be released: %s",

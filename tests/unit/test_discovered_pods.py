@@ -8,9 +8,19 @@ import pytest
 from lightkube.resources.core_v1 import Pod
 
 from pdfleet.vocabulary import Role
-from router.config import ConfigError, KubernetesDiscovery, NodeSpec, parse_config
-from router.discovery.membership import fleet_released_tags
-from router.discovery.pods import PodRejected, pod_node
+from router.config import (
+    ConfigError,
+    KubernetesDiscovery,
+    NodeSpec,
+    OnJoin,
+    RouterSettings,
+    parse_config,
+)
+from router.control.lock import LocalControlLock
+from router.control.plane import ControlPlane
+from router.discovery.membership import DiscoveredFleet, fleet_released_tags
+from router.discovery.pods import PodNode, PodRejected, pod_node
+from router.http.pool import new_session
 from router.registry import FleetRegistry, Health, NodePhase
 
 SETTINGS = KubernetesDiscovery.model_validate(
@@ -125,3 +135,42 @@ def test_the_discovery_config_takes_the_documented_keys_and_refuses_others():
     ]:
         with pytest.raises(ConfigError, match=says):
             parse_config({"discovery": {"kubernetes": bad}})
+
+
+def fleet_of(registry: FleetRegistry) -> DiscoveredFleet:
+    settings = RouterSettings()
+    plane = ControlPlane(registry, new_session(), settings, LocalControlLock())
+    return DiscoveredFleet(registry, plane, settings, OnJoin.NONE)
+
+
+def found(role: Role, port: int = 30000, draining: bool = False) -> PodNode:
+    return PodNode(pod="p-0", draining=draining,
+                   spec=NodeSpec(url=f"http://10.0.0.7:{port}", role=role))
+
+
+@pytest.mark.parametrize("new_role_first", [True, False])
+async def test_a_pod_relabelled_to_another_role_moves_whichever_watch_tells_first(
+        new_role_first):
+    registry = FleetRegistry()
+    fleet = fleet_of(registry)
+    fleet.update(Role.DECODE, "p-0", found(Role.DECODE))
+    steps = [lambda: fleet.update(Role.PREFILL, "p-0", found(Role.PREFILL)),
+             lambda: fleet.update(Role.DECODE, "p-0", None)]
+    for step in steps if new_role_first else reversed(steps):
+        step()
+    (node,) = registry.all()
+    assert (node.role, node.pod, node.phase) == (Role.PREFILL, "p-0", NodePhase.SERVING)
+    assert not [e for e in fleet.events if e.event == "rejected"]
+
+
+async def test_a_list_reconciles_joins_moves_drains_and_leaves():
+    registry = FleetRegistry()
+    fleet = fleet_of(registry)
+    fleet.reconcile(Role.DECODE, {"p-0": found(Role.DECODE), "p-1": None})
+    assert [n.url for n in registry.all()] == ["http://10.0.0.7:30000"]
+    fleet.reconcile(Role.DECODE, {"p-0": found(Role.DECODE, port=30001, draining=True)})
+    (node,) = registry.all()
+    assert (node.url, node.phase) == ("http://10.0.0.7:30001", NodePhase.DRAINING)
+    fleet.reconcile(Role.DECODE, {})
+    assert registry.all() == []
+    assert [e.event for e in reversed(fleet.events)] == ["joined", "left", "joined", "left"]
