@@ -25,10 +25,10 @@ def discovering_router(
     started: list[DiscoveringRouter] = []
 
     def start(nodes: list[dict[str, Any]] | None = None, api: FakeApiServer | None = None,
-              **discovery: Any) -> DiscoveringRouter:
+              workers: int = 1, **discovery: Any) -> DiscoveringRouter:
         server = api or fake_api
         router = DiscoveringRouter(tmp_path, server.kubeconfig(NAMESPACE), nodes or [],
-                                   **discovery)
+                                   workers=workers, **discovery)
         started.append(router)
         return router
 

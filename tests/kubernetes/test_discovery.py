@@ -305,3 +305,50 @@ async def test_with_on_join_none_a_pod_joins_a_sleeping_fleet_awake(
     assert found["decode-0"]["sleeping"] is False
     async with http.get(f"{stubs.urls[1]}/_stub/requests") as resp:
         assert await resp.json() == []  # no release was sent to it
+
+
+async def test_every_worker_of_a_router_discovers_the_pods_and_drains_them(
+        fake_api, discovering_router, stub_nodes):
+    stubs = stub_nodes([{}])
+    router = discovering_router(workers=2)
+    pod(fake_api, "decode-0", DECODE, stubs.ports[0])
+    fresh = aiohttp.TCPConnector(force_close=True)  # each request may reach either worker
+    async with aiohttp.ClientSession(connector=fresh) as http:
+
+        async def every_worker_sees(phase: str) -> bool:
+            seen: dict[str, str | None] = {}
+            for _ in range(200):  # bounded: the kernel spreads connections over both
+                async with http.get(f"{router.url}/cluster/status") as resp:
+                    nodes = (await resp.json())["nodes"]
+                    seen[resp.headers["X-Pdfleet-Worker"]] = next(
+                        (n["phase"] for n in nodes if n["pod"] == "decode-0"), None)
+                if len(seen) == 2:
+                    break
+            return set(seen) == {"0", "1"} and set(seen.values()) == {phase}
+
+        await eventually(lambda: every_worker_sees("serving"), WAIT_S)
+        fake_api.start_deleting("decode-0", namespace=NAMESPACE)
+        await eventually(lambda: every_worker_sees("draining"), WAIT_S)
+
+
+async def test_router_replicas_each_release_a_pod_joining_their_sleeping_fleet(
+        fake_api, discovering_router, stub_nodes, http):
+    stubs = stub_nodes([{}, {}])
+    replicas = [discovering_router(), discovering_router()]
+    pod(fake_api, "decode-0", DECODE, stubs.ports[0])
+    for replica in replicas:
+        await until(http, replica, lambda n: n.get("decode-0", {}).get("phase") == "serving")
+    tags = ["kv_cache", "weights"]
+    async with http.post(f"{replicas[0].url}/release_memory_occupation",
+                         json={"tags": tags}) as resp:
+        assert resp.status == 200
+    # the other replica learns it from the node, at its next poll
+    await until(http, replicas[1], lambda n: n["decode-0"]["released_tags"] == tags)
+    pod(fake_api, "decode-1", DECODE, stubs.ports[1])
+    for replica in replicas:
+        found = await until(
+            http, replica, lambda n: n.get("decode-1", {}).get("phase") == "serving")
+        assert found["decode-1"]["released_tags"] == tags
+    async with http.get(f"{stubs.urls[1]}/_stub/requests") as resp:
+        received = [r["path"] for r in await resp.json()]
+    assert set(received) == {"/release_memory_occupation"}
