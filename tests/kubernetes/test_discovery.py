@@ -246,6 +246,9 @@ async def test_api_errors_back_off_show_in_status_and_metrics_and_recover(
         metrics = await resp.text()
     assert ('pdfleet_discovery_state{role="decode",source="kubernetes",state="watching"} 1.0'
             in metrics)
+    assert ('pdfleet_discovery_nodes{role="decode",source="kubernetes"} 1.0') in metrics
+    assert (f'pdfleet_node_info{{engine="sglang",node="{stubs.urls[0]}",phase="serving",'
+            'pod="decode-0",role="decode",source="kubernetes"} 1.0') in metrics
 
 
 async def test_an_unreachable_api_server_never_stops_the_router(
