@@ -20,6 +20,8 @@ from router.config import FleetConfig
 from router.control.lock import ControlLock, LocalControlLock, WorkerControlLock
 from router.control.plane import ControlPlane
 from router.dashboard import routes as dashboard
+from router.discovery.kubernetes import KubernetesWatcher
+from router.discovery.membership import DiscoveredFleet
 from router.http.pool import new_session
 from router.metrics import RequestCounting, RouterMetrics
 from router.operations import OperationLog
@@ -51,6 +53,10 @@ def create_app(
         poller = StatusPoller(registry, session, settings)
         control = ControlPlane(registry, session, settings, control_lock,
                                observers=[registry, poller, operations, metrics, peers])
+        kubernetes = config.discovery.kubernetes
+        discovery = None if kubernetes is None else KubernetesWatcher(
+            kubernetes, DiscoveredFleet(registry, control, settings, kubernetes.on_join),
+            on_error=lambda role: metrics.discovery_errors.labels("kubernetes", role).inc())
         app.state.router = RouterState(
             settings=settings,
             registry=registry,
@@ -62,7 +68,11 @@ def create_app(
             metrics=metrics,
             operations=operations,
             peers=peers,
+            discovery=discovery,
         )
+        if discovery is not None:
+            metrics.watch_discovery(discovery.status)
+            discovery.start()
         poller.start()
         # What exists now lives as long as the process: keep it out of every collection.
         # Each proxied request allocates many short-lived objects; with the default
@@ -73,6 +83,8 @@ def create_app(
         try:
             yield
         finally:
+            if discovery is not None:
+                await discovery.stop()
             await poller.stop()
             await session.close()
             await peers.stop()

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from pdfleet.vocabulary import DEFAULT_ENGINE, EngineName, Role
+from router.discovery.selectors import LabelSelector, parse_selector
 
 
 class Policy(StrEnum):
@@ -89,9 +90,58 @@ class NodeSpec(_Strict):
         return self
 
 
+class OnJoin(StrEnum):
+    MATCH_FLEET = "match_fleet"  # a node joining a sleeping fleet is released like it first
+    NONE = "none"
+
+
+class RoleSelectors(_Strict):
+    """A label selector (Kubernetes' string form) per role; a role without one is not
+    discovered."""
+
+    prefill: str | None = None
+    decode: str | None = None
+    mixed: str | None = None
+
+    @field_validator("prefill", "decode", "mixed")
+    @classmethod
+    def _a_selector(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_selector(text)
+        return text
+
+    def by_role(self) -> dict[Role, LabelSelector]:
+        return {role: parse_selector(text) for role in Role
+                if (text := getattr(self, role.value)) is not None}
+
+
+class KubernetesDiscovery(_Strict):
+    # None: the namespace of the pod the router runs in, else "default".
+    namespace: str | None = None
+    # None: the in-cluster service account; else a kubeconfig file.
+    kubeconfig: str | None = None
+    selectors: RoleSelectors
+    port: int = Field(30000, ge=1, le=65535)  # annotation pdfleet.io/port overrides
+    engine: EngineName = DEFAULT_ENGINE  # annotation pdfleet.io/engine overrides
+    resync_s: float = Field(60.0, gt=0)  # full re-list period
+    on_join: OnJoin = OnJoin.MATCH_FLEET
+
+    @model_validator(mode="after")
+    def _some_role(self) -> KubernetesDiscovery:
+        if not self.selectors.by_role():
+            raise ValueError("selectors: give a selector for at least one role")
+        return self
+
+
+class DiscoverySettings(_Strict):
+    kubernetes: KubernetesDiscovery | None = None
+
+
 class FleetConfig(_Strict):
     router: RouterSettings = RouterSettings()
     nodes: list[NodeSpec] = []
+    # Nodes found at run time, beside the static `nodes`.
+    discovery: DiscoverySettings = DiscoverySettings()
 
     @field_validator("nodes")
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdfleet.vocabulary import MEMORY_TAGS
 from router.control.report import ControlReport
+from router.discovery.kubernetes import DiscoveryStatus, WatchState
 from router.registry import FleetRegistry, Health
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,8 +67,14 @@ class FleetCollector(Collector):
             labels=["node", "role"])
         fleet_version = self._registry.weight_version
         served: set[str] = set()
+        info = GaugeMetricFamily(
+            "pdfleet_node_info", "1 per node: where it came from (static or kubernetes), its "
+            "pod when discovered, and its membership phase",
+            labels=["node", "role", "engine", "source", "pod", "phase"])
         for node in self._registry.all():
             role = node.role.value
+            info.add_metric([node.url, role, node.engine, node.source, node.pod or "",
+                             node.phase], 1.0)
             up.add_metric([node.url, role], float(node.health is Health.UP))
             sleeping.add_metric([node.url, role], float(node.sleeping))
             for tag in MEMORY_TAGS:
@@ -94,7 +101,28 @@ class FleetCollector(Collector):
         if fleet_version is not None:
             fleet.add_metric([fleet_version], 1)
         yield from (up, sleeping, released, used, total, outstanding, version_info, stale,
-                    versions, fleet)
+                    versions, fleet, info)
+
+
+class DiscoveryCollector(Collector):
+    """Each discovery watch's state at scrape time: 1 on the state it is in."""
+
+    def __init__(self, status: Callable[[], DiscoveryStatus]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "pdfleet_discovery_state", "1 on the state each role's pod watch is in",
+            labels=["source", "role", "state"])
+        nodes = GaugeMetricFamily(
+            "pdfleet_discovery_nodes", "Discovered pods in the fleet now",
+            labels=["source", "role"])
+        status = self._status()
+        for watch in status.roles:
+            for name in WatchState:
+                state.add_metric([status.source, watch.role, name], float(watch.state is name))
+            nodes.add_metric([status.source, watch.role], watch.nodes)
+        yield from (state, nodes)
 
 
 class RouterMetrics:
@@ -103,6 +131,7 @@ class RouterMetrics:
         self._own = CollectorRegistry()
         self._fleet = FleetCollector(fleet)
         self._own.register(self._fleet)
+        self._discovery: DiscoveryCollector | None = None
         self.requests = Counter(
             "pdfleet_router_requests_total", "HTTP requests the router answered",
             ["route", "status"], registry=self._own)
@@ -120,9 +149,19 @@ class RouterMetrics:
         self.node_failures = Counter(
             "pdfleet_control_node_failures_total", "Nodes that failed a control operation",
             ["operation", "node", "kind"], registry=self._own)
+        self.discovery_errors = Counter(
+            "pdfleet_discovery_errors_total", "Errors of node discovery (API server "
+            "unreachable or refusing, a watch cut), each followed by a new list",
+            ["source", "role"], registry=self._own)
         # Label children resolved once per (route, status): the generation path pays only
         # for an increment and an observation.
         self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def watch_discovery(self, status: Callable[[], DiscoveryStatus]) -> None:
+        """Show discovery's state, read at scrape time; one process's view is every
+        process's, as with the fleet."""
+        self._discovery = DiscoveryCollector(status)
+        self._own.register(self._discovery)
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
         children = self._request_children.get((route, status))
@@ -145,6 +184,8 @@ class RouterMetrics:
         scrape = CollectorRegistry()
         MultiProcessCollector(scrape, path=self._multiprocess_dir)
         scrape.register(self._fleet)
+        if self._discovery is not None:
+            scrape.register(self._discovery)
         return generate_latest(scrape)
 
 

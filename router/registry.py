@@ -50,6 +50,28 @@ class Health(StrEnum):
     DOWN = "down"
 
 
+class NodeSource(StrEnum):
+    """Who put the node in the fleet, and so who may take it out."""
+
+    STATIC = "static"  # the config file or POST /workers
+    KUBERNETES = "kubernetes"  # discovered: the cluster owns it
+
+
+class NodePhase(StrEnum):
+    """Where a node is in its membership; only a serving node takes new requests."""
+
+    JOINING = "joining"  # found, not yet matched to the fleet (e.g. released as it sleeps)
+    SERVING = "serving"
+    DRAINING = "draining"  # on its way out: in-flight requests finish, no new ones
+
+
+PHASE_TRANSITIONS: dict[NodePhase, frozenset[NodePhase]] = {
+    NodePhase.JOINING: frozenset({NodePhase.SERVING, NodePhase.DRAINING}),
+    NodePhase.SERVING: frozenset({NodePhase.DRAINING}),
+    NodePhase.DRAINING: frozenset(),
+}
+
+
 @dataclass
 class Node:
     url: str
@@ -73,14 +95,28 @@ class Node:
     # fleet's version current.
     weight_version: str | None = None
     weight_version_known: bool = False
+    source: NodeSource = NodeSource.STATIC
+    pod: str | None = None  # the pod it runs in, when discovered
+    phase: NodePhase = NodePhase.SERVING
 
     @property
     def sleeping(self) -> bool:
         return bool(self.released_tags)
 
     @property
+    def draining(self) -> bool:
+        return self.phase is NodePhase.DRAINING
+
+    @property
     def routable(self) -> bool:
-        return self.health is not Health.DOWN and not self.sleeping
+        return (self.health is not Health.DOWN and not self.sleeping
+                and self.phase is NodePhase.SERVING)
+
+    def enter(self, phase: NodePhase) -> None:
+        """Move to `phase`; ValueError for a move the phases do not allow."""
+        if phase is not self.phase and phase not in PHASE_TRANSITIONS[self.phase]:
+            raise ValueError(f"node {self.url}: {self.phase} cannot become {phase}")
+        self.phase = phase
 
     @property
     def host(self) -> str:
@@ -115,6 +151,10 @@ class Node:
             bootstrap_port=self.bootstrap_port,
             weight_version=self.weight_version if self.weight_version_known else unknown,
             stale=stale,
+            source=self.source,
+            pod=self.pod,
+            phase=self.phase,
+            draining=self.draining,
         )
 
 
@@ -144,6 +184,10 @@ class NodeStatus(BaseModel):
         description="The weights it serves; null: it names none.")
     stale: bool = Field(description="Not at the fleet's weight version: not served while "
                                     "version_policy is latest.")
+    source: NodeSource
+    pod: str | None
+    phase: NodePhase
+    draining: bool
 
 
 class FleetSummary(BaseModel):
@@ -277,11 +321,12 @@ class FleetRegistry:
         node.weight_version_known = True
         self._counted = False
 
-    def add(self, spec: NodeSpec) -> Node:
+    def add(self, spec: NodeSpec, source: NodeSource = NodeSource.STATIC, pod: str | None = None,
+            phase: NodePhase = NodePhase.SERVING) -> Node:
         if spec.url in self._nodes:
             raise KeyError(spec.url)
         node = Node(url=spec.url, role=spec.role, bootstrap_port=spec.bootstrap_port,
-                    engine=spec.engine, ranks=spec.ranks)
+                    engine=spec.engine, ranks=spec.ranks, source=source, pod=pod, phase=phase)
         self._nodes[spec.url] = node
         self._counted = False
         return node

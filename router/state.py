@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from router.config import RouterSettings
 from router.control.plane import ControlPlane
+from router.discovery.kubernetes import KubernetesWatcher
 from router.http.pool import NodeClient
 from router.metrics import RouterMetrics
 from router.operations import OperationLog
@@ -31,6 +32,7 @@ class RouterState:
     metrics: RouterMetrics
     operations: OperationLog
     peers: Peers
+    discovery: KubernetesWatcher | None = None
 
 
 def router_state(request: Request) -> RouterState:

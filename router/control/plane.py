@@ -65,15 +65,16 @@ class ControlPlane:
         return [node for node in self._registry.with_role(request.role)
                 if request.engine is None or node.engine is request.engine]
 
-    async def run(self, request: ControlRequest) -> ControlReport:
-        """Run `request`; OperationInProgress if another operation holds the lock,
-        BadControlRequest (before any node is called) if its weights-update group does not
-        fit the target nodes."""
+    async def run(self, request: ControlRequest, nodes: list[Node] | None = None) -> ControlReport:
+        """Run `request` on `nodes` (None: its targets); OperationInProgress if another
+        operation holds the lock, BadControlRequest (before any node is called) if its
+        weights-update group does not fit the target nodes."""
         request_id = uuid.uuid4().hex
         with self._lock.hold(request.operation, request_id) as sequence:
             started_at = time.time()
             started = time.perf_counter()
-            nodes = self.targets(request)
+            if nodes is None:
+                nodes = self.targets(request)
             offsets = None
             if request.rank_offset is not None and request.world_size is not None:
                 offsets = rank_offsets(request.rank_offset, request.world_size, nodes)

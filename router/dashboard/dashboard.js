@@ -88,6 +88,7 @@ function nodeCard(node, now) {
   card.dataset.reachable = reach;
   card.dataset.sleeping = String(node.sleeping);
   card.dataset.stale = String(node.stale);
+  card.dataset.source = node.source;
   const head = el("div", "card-head");
   head.append(el("span", `role role-${node.role}`, node.role));
   if (node.engine) head.append(el("span", "engine", node.engine));
@@ -96,7 +97,11 @@ function nodeCard(node, now) {
   head.append(version);
   if (node.stale) head.append(el("span", "stale-mark", "stale"));
   head.append(el("span", `reach reach-${reach}`, reach === "up" ? (asleep ? "asleep" : "up") : reach));
-  card.append(head, el("div", "url", node.server), tagChips(node), memoryBar(node));
+  // A discovered node: the pod it runs in, and its phase while it is not simply serving.
+  if (node.phase && node.phase !== "serving") head.append(el("span", "engine", node.phase));
+  card.append(head, el("div", "url", node.server));
+  if (node.pod) card.append(el("div", "url", `${node.source} pod ${node.pod}`));
+  card.append(tagChips(node), memoryBar(node));
   const facts = el("dl", "facts");
   const inflight = node.inflight === "unknown" ? "?" : node.inflight;
   const age = typeof node.checked_at === "number" ? `${Math.max(0, now - node.checked_at).toFixed(1)} s ago` : "never";

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pdfleet.vocabulary import DEFAULT_ENGINE, EngineName, Role
 from router.config import NodeSpec, describe_validation_error
 from router.peers import MembershipBusy
-from router.registry import Unknown
+from router.registry import NodeSource, Unknown
 from router.routes.schemas import ClusterStatus, errors, json_body
 from router.state import State
 
@@ -73,6 +73,7 @@ async def cluster_status(state: State) -> ClusterStatus:
         nodes=[n.status_view(stale=not registry.current(n)) for n in registry.all()],
         weight_version=fleet_version,
         version_policy=state.settings.version_policy,
+        discovery=None if state.discovery is None else state.discovery.status(),
     )
 
 
@@ -123,11 +124,15 @@ async def add_worker(request: Request, state: State) -> dict:
             "engine": node.engine}
 
 
-@router.delete("/workers", responses=errors(401, 404, 422))
+@router.delete("/workers", responses=errors(401, 404, 409, 422))
 async def remove_worker(
     request: Request, url: str, state: State
 ) -> dict:
     state.admin(request)
+    found = state.registry.get(url)
+    if found is not None and found.source is NodeSource.KUBERNETES:
+        raise HTTPException(409, detail=f"worker {found.url} is pod {found.pod}, discovered from "
+                            "Kubernetes: the cluster owns it; scale or delete the pod instead")
     try:
         node = await state.peers.remove_node(url)
     except KeyError:

@@ -30,6 +30,7 @@ from router.control.request import (
     MODES,
     VLLM_PAUSE_MODES,
 )
+from router.discovery.kubernetes import DiscoveryStatus
 from router.registry import FleetSummary, NodeStatus
 
 ERROR_MEANINGS = {
@@ -73,6 +74,7 @@ class ClusterStatus(BaseModel):
     nodes: list[NodeStatus]
     weight_version: str | None = Field(description="The fleet's weight version; null: none.")
     version_policy: VersionPolicy
+    discovery: DiscoveryStatus | None = None  # None: the fleet is the config's and the API's
 
 
 def _query(name: str, schema: dict[str, Any], description: str,
