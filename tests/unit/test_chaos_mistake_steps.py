@@ -23,7 +23,7 @@ def test_a_list_query_value_repeats_the_key_and_the_body_fields_are_shown() -> N
 
 
 def test_no_node_called_is_refused_on_a_traffic_step() -> None:
-    with pytest.raises(ScenarioError, match="no_node_called applies to release"):
+    with pytest.raises(ScenarioError, match="no_node_called applies to the router's fan-out"):
         parse_scenarios(scenario({"traffic": {"requests": 1},
                                   "expect": {"no_node_called": True}}), "t")
 
