@@ -251,6 +251,7 @@ def bench_distributed(args: argparse.Namespace) -> dict[str, Any]:
             updating.join()
             runs.append({"trainer_gb_s": round(nbytes / sent_s / GB, 3), **updated})
         group.close()
+        post(f"{url}/destroy_weights_update_group", {"group_name": GROUP}, JOIN_TIMEOUT_S)
     finally:
         node.terminate()
         node.wait(30)

@@ -114,7 +114,8 @@ async def destroy_weights_update_group(request: Request) -> dict[str, Any]:
     runtime = _runtime(request)
     body = await read_body(request, DestroyGroupRequest,
                            max_bytes=runtime.options.max_body_bytes)
-    runtime.groups.destroy(body.group_name)
+    # Off the event loop: tearing down a communicator talks to the other ranks.
+    await asyncio.to_thread(runtime.groups.destroy, body.group_name)
     return {"success": True, "message": f"destroyed {body.group_name}",
             "group_name": body.group_name}
 

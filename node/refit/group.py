@@ -53,9 +53,11 @@ class WeightsGroup:
         self.process_group.broadcast([tensor], options).wait()
 
     def close(self) -> None:
-        shutdown = getattr(self.process_group, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        """Leave the group without waiting for the other ranks: NCCL's graceful shutdown
+        blocks until every rank shuts down too, and the trainer may be gone or still in it."""
+        abort = getattr(self.process_group, "abort", None)
+        if abort is not None:
+            abort()
 
 
 def join_group(
