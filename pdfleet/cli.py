@@ -353,8 +353,11 @@ def status(router: RouterOpt = DEFAULT_ROUTER,
     for n in fleet.nodes:
         memory = n.memory if isinstance(n.memory, dict) else {}
         released = n.released_tags
+        # A discovered node: the pod it runs in, and its phase while it does not serve.
+        where = "" if n.pod is None else f" (pod {n.pod}" + (
+            ")" if n.phase == "serving" else f", {n.phase})")
         table.add_row(
-            _node_name(n.server), n.role, n.engine, n.health, _yes_no(n.sleeping),
+            _node_name(n.server) + where, n.role, n.engine, n.health, _yes_no(n.sleeping),
             ",".join(released) if isinstance(released, list) else released,
             _node_version(n), _fmt_bytes(memory.get("used_bytes")), str(n.inflight),
             _short_operation(n.last_op), Text(printable(n.last_error or "-")),

@@ -49,6 +49,8 @@ class OperationEntry(BaseModel):
     failed: int
     nodes: list[NodeEntry]
     rollback: list[NodeEntry] | None
+    # Why the router ran it itself (a pod joining a sleeping fleet); None: a caller asked.
+    cause: str | None = None
 
     @classmethod
     def of(cls, report: ControlReport) -> OperationEntry:
@@ -58,7 +60,8 @@ class OperationEntry(BaseModel):
             outcome=report.outcome, total=report.total, failed=report.failed,
             nodes=[NodeEntry.of(r) for r in report.results],
             rollback=None if report.rollback is None else [
-                NodeEntry.of(r) for r in report.rollback])
+                NodeEntry.of(r) for r in report.rollback],
+            cause=report.cause)
 
 
 class OperationLog:

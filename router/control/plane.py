@@ -92,7 +92,7 @@ class ControlPlane:
                 operation=request.operation, request_id=request_id, results=results,
                 elapsed_ms=elapsed_ms, rollback=rollback, tags=request.tags,
                 started_at=started_at, sequence=sequence, path=request.path,
-                weight_version=request.weight_version)
+                weight_version=request.weight_version, cause=request.cause)
             if report.failures:
                 log.warning("%s %s failed on %d of %d nodes: %s", request.operation, request_id,
                             len(report.failures), report.total,

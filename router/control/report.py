@@ -101,20 +101,22 @@ class ControlReport(BaseModel):
     # A weight update's version (None: it named none, or not a weight update), for the
     # observer that keeps the fleet's version.
     weight_version: SkipJsonSchema[str | None] = Field(None, exclude=True)
+    cause: SkipJsonSchema[str | None] = Field(None, exclude=True)  # see ControlRequest.cause
 
     @classmethod
     def of(cls, *, operation: Operation, request_id: str, results: list[NodeResult],
            elapsed_ms: float, rollback: list[NodeResult] | None = None,
            tags: list[str] | None = None, started_at: float = 0.0,
            sequence: int = 0, path: str | None = None,
-           weight_version: str | None = None) -> ControlReport:
+           weight_version: str | None = None, cause: str | None = None) -> ControlReport:
         """The report of `results` (every target node), with the fields of a 200 or a 502."""
         done = [r for r in results if r.ok]
         failures = [r for r in results if not r.ok]
         common: dict[str, Any] = {
             "operation": operation, "request_id": request_id, "total": len(results),
             "failed": len(failures), "nodes": done, "elapsed_ms": elapsed_ms, "tags": tags,
-            "started_at": started_at, "sequence": sequence, "weight_version": weight_version}
+            "started_at": started_at, "sequence": sequence, "weight_version": weight_version,
+            "cause": cause}
         if path is not None:  # set only for a fanout: body() leaves unset fields out
             common["path"] = path
         what = operation if path is None else f"{operation} /{path}"

@@ -273,6 +273,9 @@ class ControlRequest:
     force: bool = False  # a weight update goes to nodes already at its version too
     rank_offset: int | None = None  # init weights group: the first node's first rank
     world_size: int | None = None  # init weights group: every rank, the trainer's included
+    # Why the router ran it of its own accord (a pod joining a sleeping fleet); None: a caller
+    # asked for it.
+    cause: str | None = None
 
 
 def control_request(

@@ -170,7 +170,8 @@ class DiscoveredFleet:
             request = ControlRequest(
                 operation=Operation.RELEASE, body=json.dumps({"tags": tags}).encode(),
                 content_type="application/json", tags=tags, role=None,
-                timeout_s=self._settings.control_timeout_s)
+                timeout_s=self._settings.control_timeout_s,
+                cause=f"pod {node.pod} joined a sleeping fleet")
             try:
                 report = await self._control.run(request, nodes=[node])
             except OperationInProgress:

@@ -4,7 +4,10 @@ a stub's port). Every wait polls the router's /cluster/status up to a deadline."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 from typing import Any
 
 import aiohttp
@@ -13,7 +16,7 @@ import pytest
 from router.discovery.kubernetes import VERBS
 from tests.kubernetes.discovering_router import NAMESPACE
 from tests.kubernetes.fake_apiserver import FakeApiServer
-from tests.procs import eventually
+from tests.procs import ROOT, eventually
 
 pytestmark = pytest.mark.timeout(90)
 WAIT_S = 15
@@ -284,6 +287,13 @@ async def test_a_pod_joining_a_sleeping_fleet_is_released_before_any_traffic(
     assert (join["operation"], join["tags"], join["outcome"]) == (
         "release_memory_occupation", tags, "success")
     assert [n["server"] for n in join["nodes"]] == [stubs.urls[2]]
+    assert join["cause"] == "pod decode-1 joined a sleeping fleet"
+    assert operations[1]["cause"] is None  # the caller's release
+    shown = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "pdfleet", "status", "--router", router.url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "(pod decode-0)" in shown.stdout and "(pod decode-1)" in shown.stdout
     async with http.post(f"{router.url}/resume_memory_occupation", json={}) as resp:
         assert resp.status == 200
         assert (await resp.json())["total"] == 3

@@ -86,6 +86,17 @@ def mixed_node(start_node: StartNode) -> NodeProcess:
     return start_node()
 
 
+@pytest.fixture(scope="module")
+def prefill(start_node: StartNode) -> NodeProcess:
+    """A prefill node, with `decode` its pair (a module may define its own instead)."""
+    return start_node(role="prefill")
+
+
+@pytest.fixture(scope="module")
+def decode(start_node: StartNode) -> NodeProcess:
+    return start_node("--kv-handoff-timeout-s", "40", role="decode")
+
+
 def greedy(prompt: str, max_new_tokens: int = 16, **extra: Any) -> dict[str, Any]:
     """A /generate body for a deterministic greedy generation."""
     return {

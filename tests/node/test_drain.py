@@ -21,16 +21,6 @@ pytestmark = pytest.mark.timeout(60)
 _rooms = itertools.count(5000)
 
 
-@pytest.fixture(scope="module")
-def prefill(start_node: StartNode) -> NodeProcess:
-    return start_node(role="prefill")
-
-
-@pytest.fixture(scope="module")
-def decode(start_node: StartNode) -> NodeProcess:
-    return start_node("--kv-handoff-timeout-s", "40", role="decode")
-
-
 @pytest.fixture
 async def awake_pair(http: aiohttp.ClientSession, prefill: NodeProcess, decode: NodeProcess) -> Any:
     for node in (prefill, decode):

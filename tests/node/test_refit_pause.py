@@ -15,7 +15,6 @@ import pytest
 
 from tests.node.conftest import (
     NodeProcess,
-    StartNode,
     greedy,
     post_json,
     wait_for_info,
@@ -23,16 +22,6 @@ from tests.node.conftest import (
 from tests.node.test_drain import pd_body, start_waiting_decode
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def prefill(start_node: StartNode) -> NodeProcess:
-    return start_node(role="prefill")
-
-
-@pytest.fixture(scope="module")
-def decode(start_node: StartNode) -> NodeProcess:
-    return start_node("--kv-handoff-timeout-s", "40", role="decode")
 
 
 async def pause(http: aiohttp.ClientSession, node: NodeProcess, **body: Any) -> tuple[int, Any]:

@@ -20,7 +20,6 @@ import pytest
 from pdfleet.vocabulary import SLEEPING_HEADER
 from tests.node.conftest import (
     NodeProcess,
-    StartNode,
     post_json,
     save_weights,
     wait_for_info,
@@ -28,16 +27,6 @@ from tests.node.conftest import (
 from tests.node.test_drain import pd_body, start_waiting_decode
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def prefill(start_node: StartNode) -> NodeProcess:
-    return start_node(role="prefill")
-
-
-@pytest.fixture(scope="module")
-def decode(start_node: StartNode) -> NodeProcess:
-    return start_node("--kv-handoff-timeout-s", "40", role="decode")
 
 
 @pytest.fixture(scope="module")
