@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
+from pdfleet.vocabulary import WEIGHT_VERSION_HEADER
 from router.routes.schemas import ERROR_MEANINGS, json_body
 
 router = APIRouter()
@@ -45,6 +46,10 @@ def _error(code: int) -> dict[str, Any]:
 
 GENERATION_REPLIES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The decode node's reply; with stream=true, its server-sent events.",
+          "headers": {WEIGHT_VERSION_HEADER: {
+              "description": "The weight version of the node that served the reply (absent "
+                             "while the router does not know it).",
+              "schema": {"type": "string"}}},
           "content": {"application/json": {"schema": {}},
                       "text/event-stream": {"schema": {
                           "type": "object", "properties": {"data": {"type": "string"}}}}}},

@@ -40,6 +40,8 @@ async def test_every_route_is_documented_with_its_body_and_error_replies(
     wake_up = {p["name"] for p in paths["/wake_up"]["post"]["parameters"]}
     sleep = {p["name"] for p in paths["/sleep"]["post"]["parameters"]}
     assert "tags" in wake_up and {"tags", "level", "mode"} <= sleep
+    for path in GENERATION_ROUTES:
+        assert "X-Pdfleet-Weight-Version" in paths[path]["post"]["responses"]["200"]["headers"]
 
 
 def test_schemathesis_finds_no_failure_against_a_running_router(stub_nodes, router, tmp_path):
