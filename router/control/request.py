@@ -391,7 +391,8 @@ def node_path(path: str) -> str:
     """`/fanout`'s path as the node route it names: no leading or trailing slash, quoted again
     (a `%3F` stays in the path, never becomes a query); empty or `..` is refused."""
     stripped = path.strip("/")
-    if not stripped or any(part in ("", ".", "..") for part in stripped.split("/")):
+    if not stripped or any(part in ("", ".", "..") for part in stripped.split("/")) or (
+            not stripped.isprintable()):
         raise BadControlRequest(f"fanout path must name a node route, got {path!r}")
     return quote(stripped)
 

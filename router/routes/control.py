@@ -8,8 +8,11 @@ point here; and `/fanout/{path}`, any other engine route on every node. Each rou
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Match
 
 from pdfleet.vocabulary import NODE_MAX_BODY_BYTES, EngineName, Operation
@@ -42,7 +45,24 @@ ROUTES = {
     "init_weights_update_group": (Operation.INIT_WEIGHTS_GROUP, EngineName.SGLANG),
     "update_weights_from_distributed": (Operation.UPDATE_FROM_DISTRIBUTED, EngineName.SGLANG),
 }
-FANOUT_ROUTE = "/fanout/{path:path}"
+
+
+class AnyPath(Convertor[str]):
+    """Starlette's `path` matches no line break; /fanout answers any path, a bad one 400."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", AnyPath())
+FANOUT_ROUTE = "/fanout/{path:anypath}"
+# A node route's path: printable ASCII, no spaces (422 otherwise).
+FANOUT_PATH_PATTERN = r"^[!-~]+$"
 # The fleet's state is the router's under these, whichever routes it has now: /fanout never
 # sends them to a node (nor any path one of the router's routes matches).
 ROUTER_PREFIXES = ("cluster/",)
@@ -79,7 +99,8 @@ async def control(request: Request, state: State) -> JSONResponse:
     return await run(control, state)
 
 
-async def fanout(path: str, request: Request, state: State) -> JSONResponse:
+async def fanout(path: Annotated[str, Path(pattern=FANOUT_PATH_PATTERN)], request: Request,
+                 state: State) -> JSONResponse:
     """`POST /{path}` on every target node, its body and query (less the router's `timeout`,
     `role` and `engine`) as they came: any engine route the router has no route of its own
     for (LoRA adapters, update_weight_version, custom RPCs)."""

@@ -286,6 +286,14 @@ async def test_fanout_refuses_the_routers_own_routes_and_calls_no_node(fleet, ht
     assert [await posts_to(http, url) for url in urls] == [[], [], []]
 
 
+@pytest.mark.parametrize("path", ["a%0Ab", "%12x", "x%7Fy", "caf%C3%A9"])
+async def test_fanout_refuses_a_path_that_names_no_node_route(fleet, http, path):
+    r, urls = fleet
+    status, reply = await post(http, f"{r.url}/fanout/{path}", {})
+    assert status == 422 and "path.path: String should match pattern" in reply["detail"], reply
+    assert [await posts_to(http, url) for url in urls] == [[], [], []]
+
+
 @pytest.mark.parametrize(("route", "raw", "params", "message"), [
     ("/update_weights_from_disk", b"[1]", [], "request body must be a JSON object"),
     ("/update_weights_from_disk", b"", [], "missing field 'model_path'"),
