@@ -20,8 +20,6 @@ from router.config import FleetConfig
 from router.control.lock import ControlLock, LocalControlLock, WorkerControlLock
 from router.control.plane import ControlPlane
 from router.dashboard import routes as dashboard
-from router.discovery.kubernetes import KubernetesWatcher
-from router.discovery.membership import DiscoveredFleet
 from router.http.pool import new_session
 from router.metrics import RequestCounting, RouterMetrics
 from router.operations import OperationLog
@@ -54,9 +52,15 @@ def create_app(
         control = ControlPlane(registry, session, settings, control_lock,
                                observers=[registry, poller, operations, metrics, peers])
         kubernetes = config.discovery.kubernetes
-        discovery = None if kubernetes is None else KubernetesWatcher(
-            kubernetes, DiscoveredFleet(registry, control, settings, kubernetes.on_join),
-            on_error=lambda role: metrics.discovery_errors.labels("kubernetes", role).inc())
+        discovery = None
+        if kubernetes is not None:
+            # The Kubernetes client is loaded only by a router that discovers pods.
+            from router.discovery.kubernetes import KubernetesWatcher
+            from router.discovery.membership import DiscoveredFleet
+
+            discovery = KubernetesWatcher(
+                kubernetes, DiscoveredFleet(registry, control, settings, kubernetes.on_join),
+                on_error=lambda role: metrics.discovery_errors.labels("kubernetes", role).inc())
         app.state.router = RouterState(
             settings=settings,
             registry=registry,

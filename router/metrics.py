@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdfleet.vocabulary import MEMORY_TAGS
 from router.control.report import ControlReport
-from router.discovery.kubernetes import DiscoveryStatus, WatchState
+from router.discovery.status import DiscoveryStatus, WatchState
 from router.registry import FleetRegistry, Health
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from router.config import RouterSettings
 from router.control.plane import ControlPlane
-from router.discovery.kubernetes import KubernetesWatcher
 from router.http.pool import NodeClient
 from router.metrics import RouterMetrics
 from router.operations import OperationLog
@@ -18,6 +17,9 @@ from router.peers import Peers
 from router.poller import StatusPoller
 from router.registry import FleetRegistry
 from router.security import AdminGuard
+
+if TYPE_CHECKING:  # loaded only by a router that discovers pods (router/app.py)
+    from router.discovery.kubernetes import KubernetesWatcher
 
 
 @dataclass

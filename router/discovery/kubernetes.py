@@ -18,19 +18,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from enum import StrEnum
 
 import httpx2
 from lightkube import AsyncClient, ConfigError, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod
-from pydantic import BaseModel
 
 from pdfleet.vocabulary import Role
 from router.config import KubernetesDiscovery
-from router.discovery.membership import DiscoveredFleet, MembershipEvent
+from router.discovery.membership import DiscoveredFleet
 from router.discovery.pods import PodNode, PodRejected, pod_name, pod_node
 from router.discovery.selectors import LabelSelector
+from router.discovery.status import (
+    WATCH_TRANSITIONS,
+    DiscoveryStatus,
+    RoleWatchStatus,
+    WatchState,
+)
 
 log = logging.getLogger("router.discovery")
 
@@ -41,46 +45,6 @@ VERBS = ("list", "watch")
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after consecutive API errors; the last repeats
 DEFAULT_NAMESPACE = "default"
 GONE = 410
-
-
-class WatchState(StrEnum):
-    STARTING = "starting"
-    LISTING = "listing"
-    WATCHING = "watching"
-    BACKING_OFF = "backing_off"  # after an API error
-
-
-WATCH_TRANSITIONS: dict[WatchState, frozenset[WatchState]] = {
-    WatchState.STARTING: frozenset({WatchState.LISTING, WatchState.BACKING_OFF}),
-    # listing again: the resync period ran out while a slow list was still reading
-    WatchState.LISTING: frozenset({WatchState.LISTING, WatchState.WATCHING,
-                                   WatchState.BACKING_OFF}),
-    WatchState.WATCHING: frozenset({WatchState.LISTING, WatchState.BACKING_OFF}),
-    WatchState.BACKING_OFF: frozenset({WatchState.LISTING, WatchState.BACKING_OFF}),
-}
-
-
-class RoleWatchStatus(BaseModel):
-    role: Role
-    selector: str
-    state: WatchState
-    nodes: int  # pods of this role in the fleet now
-    resource_version: str | None
-    lists: int  # full lists made (the first, resyncs, after a cut watch or a 410)
-    events: int  # watch events applied
-    errors: int
-    last_error: str | None
-    last_error_at: float | None
-    listed_at: float | None
-
-
-class DiscoveryStatus(BaseModel):
-    """Kubernetes discovery as `/cluster/status` shows it."""
-
-    source: str = "kubernetes"
-    namespace: str | None
-    roles: list[RoleWatchStatus]
-    recent: list[MembershipEvent]  # joins, drains, leaves and rejected pods, newest first
 
 
 class RoleWatch:

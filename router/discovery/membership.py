@@ -16,9 +16,6 @@ import json
 import logging
 import time
 from collections import deque
-from typing import Literal
-
-from pydantic import BaseModel
 
 from pdfleet.vocabulary import Operation, Role
 from router.config import OnJoin, RouterSettings
@@ -26,6 +23,7 @@ from router.control.lock import OperationInProgress
 from router.control.plane import ControlPlane
 from router.control.request import ControlRequest
 from router.discovery.pods import PodNode
+from router.discovery.status import MembershipEvent
 from router.registry import FleetRegistry, Health, Node, NodePhase, NodeSource
 
 log = logging.getLogger("router.discovery")
@@ -35,14 +33,6 @@ LOCK_WAIT_S = 0.05  # an operation holds the control lock; the join waits its tu
 # A release that failed on the joining node is tried again after these waits (the last
 # repeats) while the pod stays a node: it may still be starting.
 RELEASE_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)
-
-
-class MembershipEvent(BaseModel):
-    at: float  # wall-clock seconds
-    pod: str
-    node: str
-    event: Literal["joined", "serving", "draining", "left", "rejected"]
-    detail: str | None = None
 
 
 def fleet_released_tags(registry: FleetRegistry) -> list[str]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from lightkube import operators
-from lightkube.operators import Operator
+if TYPE_CHECKING:
+    from lightkube.operators import Operator
 
 # A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters;
 # a value: empty, or a name of at most 63 characters.
@@ -45,6 +46,9 @@ class Requirement:
 
     def operator(self) -> Operator:
         """The requirement as lightkube's operator for `key`."""
+        # Imported here: the fleet config parses selectors without loading the client.
+        from lightkube import operators
+
         match self.match:
             case Match.EQUAL:
                 return operators.equal(self.values[0])

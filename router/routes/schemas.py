@@ -30,7 +30,7 @@ from router.control.request import (
     MODES,
     VLLM_PAUSE_MODES,
 )
-from router.discovery.kubernetes import DiscoveryStatus
+from router.discovery.status import DiscoveryStatus
 from router.registry import FleetSummary, NodeStatus
 
 ERROR_MEANINGS = {
